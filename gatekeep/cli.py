@@ -1,0 +1,137 @@
+"""
+The ``gatekeep`` command: ``check``, ``run``, ``explain``.
+
+``check`` and ``explain`` never start the reactor; ``run`` is ``twistd -n gatekeep``
+with a config, for people who do not want to learn twistd's options first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gatekeep.config.errors import ConfigErrors
+from gatekeep.config.model import Config
+from gatekeep.config.units import format_duration
+from gatekeep.registry import Registry, load_registry
+from gatekeep.values import Route, Service
+
+__all__ = ["main", "route_table"]
+
+
+def describe_match(route: Route) -> str:
+    if route.detector is None:
+        return "(catch-all)"
+    tests = " ".join(f"{c.key}={','.join(map(str, c.values))}" for c in route.conditions)
+    return f"{route.detector} {tests}".strip()
+
+
+def service_table(service: Service) -> list[str]:
+    default = service.default or "none: unmatched connections are rejected"
+    lines = [f"  service {service.name} (default route: {default})"]
+    width = max(len(r.name) for r in service.routes)
+    match_width = max(len(describe_match(r)) for r in service.routes)
+    for number, route in enumerate(service.routes, 1):
+        lines.append(f"    {number}. {route.name:<{width}}  {describe_match(route):<{match_width}}"
+                     f"  -> {route.target.describe()}")
+    return lines
+
+
+def route_table(config: Config) -> str:
+    lines = ["listeners:"]
+    width = max((len(listener.name) for listener in config.listeners), default=0)
+    for listener in config.listeners:
+        timeout = format_duration(listener.detect_timeout)
+        lines.append(f"  {listener.name:<{width}}  {listener.endpoint}  -> service "
+                     f"{listener.service} (detect_timeout {timeout})")
+    lines.append("services:")
+    for service in config.services.values():
+        lines.extend(service_table(service))
+    return "\n".join(lines)
+
+
+def _load(path: str, registry: Registry) -> Config | None:
+    from gatekeep.config.loader import load_config_file
+
+    try:
+        return load_config_file(path, registry)
+    except ConfigErrors as errors:
+        print(errors.render(), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config, load_registry())
+    if config is None:
+        return 1
+    print(f"{args.config}: OK")
+    print(route_table(config))
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from twisted.scripts.twistd import run
+
+    # Validate first so a bad config prints its errors exactly as `check` does.
+    if _load(args.config, load_registry()) is None:
+        return 1
+    sys.argv = ["twistd", "--nodaemon", f"--pidfile={args.pidfile}", *args.twistd,
+                "gatekeep", "--config", args.config]
+    run()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gatekeep.explain import explain, read_input
+
+    registry = load_registry()
+    config = _load(args.config, registry)
+    if config is None:
+        return 1
+    try:
+        data = read_input(args.input)
+    except (OSError, ValueError) as error:
+        print(f"gatekeep explain: cannot read {args.input!r}: {error}", file=sys.stderr)
+        return 1
+    try:
+        text = explain(config, registry, args.listener, data)
+    except KeyError as error:
+        print(f"gatekeep explain: {error.args[0]}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="gatekeep", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a config and print its route table")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+    run = sub.add_parser("run", help="run gatekeep in the foreground (twistd -n gatekeep)")
+    run.add_argument("config")
+    run.add_argument("--pidfile", default="", help="write the PID here (default: none)")
+    run.add_argument("twistd", nargs=argparse.REMAINDER,
+                     help="further twistd options, e.g. --uid=gatekeep --gid=gatekeep")
+    run.set_defaults(func=cmd_run)
+    explain = sub.add_parser(
+        "explain", help="show how a listener would route captured bytes, and why")
+    explain.add_argument("config")
+    explain.add_argument("--listener", required=True, help="the [[listener]] name")
+    explain.add_argument(
+        "input", help="a file of raw bytes, hex:<hex digits>, a .pcap/.pcapng of one "
+        "connection (the client's side is used), or - for stdin")
+    explain.set_defaults(func=cmd_explain)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

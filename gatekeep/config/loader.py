@@ -1,0 +1,276 @@
+"""
+TOML text -> a validated :class:`~gatekeep.config.model.Config`, or every error at once.
+
+Each error names the TOML path (``service.edge.route[1].forward.to``) and, where
+there is an obvious one, the fix. Nothing here raises a traceback at a user for a
+bad file: the only exception that leaves is :class:`ConfigErrors`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from gatekeep.config.errors import ConfigError, ConfigErrors
+from gatekeep.config.model import Config, ListenerConfig, RouteSettings, ServiceSettings
+from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_error
+from gatekeep.interfaces import ITarget
+from gatekeep.registry import DETECTORS, Registry
+from gatekeep.routing import NAME_FACTS
+from gatekeep.values import Condition, Route, Service
+
+__all__ = ["load_config", "load_config_file"]
+
+_TOP_KEYS = ["listener", "service"]
+_SERVICE_KEYS = ["default", "route"]
+
+
+def load_config_file(path: str | Path, registry: Registry) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigErrors([ConfigError("", f"cannot read config file: {error.strerror}")],
+                           str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigErrors([ConfigError("", "the config file is not UTF-8 text")],
+                           str(path)) from None
+    return load_config(text, registry, source=str(path))
+
+
+def load_config(text: str, registry: Registry, source: str = "") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigErrors([ConfigError("", f"not valid TOML: {error}")], source) from None
+    loader = _Loader(registry)
+    config = loader.load(data, source)
+    if loader.errors or config is None:
+        raise ConfigErrors(loader.errors, source)
+    return config
+
+
+@attrs.define
+class _Loader:
+    registry: Registry
+    errors: list[ConfigError] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
+    used_detectors: set[str] = attrs.field(factory=set)
+
+    def error(self, path: str, message: str, fix: str = "") -> None:
+        self.errors.append(ConfigError(path, message, fix))
+
+    def load(self, data: dict[str, Any], source: str) -> Config | None:
+        for key in data:
+            if key not in _TOP_KEYS:
+                self.errors.append(unknown_key_error("", key, _TOP_KEYS))
+        listeners = self.listeners(data.get("listener"))
+        services = self.services(data.get("service"))
+        self.cross_check(listeners, services)
+        for problem in self.registry.problems:
+            if problem.group == DETECTORS and problem.name in self.used_detectors:
+                continue  # already reported as an error where it is used
+            self.warnings.append(str(problem))
+        if self.errors:
+            return None
+        return Config(tuple(listeners), services, source, tuple(self.warnings))
+
+    def listeners(self, raw: object) -> list[ListenerConfig]:
+        if raw is None:
+            self.error("listener", "no listeners: gatekeep would accept nothing",
+                       "add a [[listener]] table with name, endpoint and service")
+            return []
+        if not isinstance(raw, list):
+            self.error("listener", "expected an array of tables",
+                       "write each listener as [[listener]], not [listener]")
+            return []
+        result: list[ListenerConfig] = []
+        for index, table in enumerate(raw):
+            listener = load_table(ListenerConfig, table, key_path("listener", index), self.errors)
+            if listener is not None:
+                result.append(listener)
+        return result
+
+    def services(self, raw: object) -> dict[str, Service]:
+        if raw is None:
+            self.error("service", "no services defined",
+                       "add a [service.NAME] table and [[service.NAME.route]] entries")
+            return {}
+        if not isinstance(raw, dict):
+            self.error("service", "expected a table of services: [service.NAME]")
+            return {}
+        services: dict[str, Service] = {}
+        for name, table in raw.items():
+            path = key_path("service", name)
+            if not isinstance(table, dict):
+                self.error(path, "expected a table", f"write it as [service.{name}]")
+                continue
+            settings = load_table(
+                ServiceSettings, {k: v for k, v in table.items() if k != "route"}, path,
+                self.errors)
+            routes = self.routes(table.get("route"), key_path(path, "route"))
+            if settings is None or routes is None:
+                continue
+            service = Service(name, tuple(routes), settings.default)
+            self.check_service(service, path)
+            services[name] = service
+        return services
+
+    def routes(self, raw: object, path: str) -> list[Route] | None:
+        if raw is None:
+            self.error(path, "a service needs at least one route",
+                       "add a [[" + path + "]] table")
+            return None
+        if not isinstance(raw, list):
+            self.error(path, "expected an array of tables", "write [[" + path + "]]")
+            return None
+        routes = [self.route(table, key_path(path, i)) for i, table in enumerate(raw)]
+        return [r for r in routes if r is not None] if len(routes) == len(raw) else None
+
+    def route(self, table: object, path: str) -> Route | None:
+        if not isinstance(table, dict):
+            self.error(path, "expected a table")
+            return None
+        actions = [key for key in table if key in self.registry.targets]
+        planned = [key for key in table if key in PLANNED and key not in self.registry.targets]
+        plain = {k: v for k, v in table.items() if k not in actions and k != "match"}
+        before = len(self.errors)
+        settings = load_table(RouteSettings, plain, path, self.errors)
+        if not actions and not planned:
+            self.error(path, "a route needs an action",
+                       f"add exactly one of: {', '.join(sorted(self.registry.targets))}")
+        elif len(actions) > 1:
+            self.error(path, f"impossible combination: several actions ({', '.join(actions)})",
+                       "keep exactly one action per route")
+        detector, conditions = self.match(table.get("match"), key_path(path, "match"))
+        target = self.target(actions[0], table[actions[0]], key_path(path, actions[0])) \
+            if len(actions) == 1 else None
+        if settings is None or target is None or len(self.errors) > before:
+            return None
+        return Route(settings.name, detector, conditions, target,
+                     connect_timeout=settings.connect_timeout)
+
+    def match(self, raw: object, path: str) -> tuple[str | None, tuple[Condition, ...]]:
+        if raw is None:
+            return None, ()
+        if not isinstance(raw, dict) or not raw:
+            self.error(path, "expected a table naming one detector",
+                       'e.g. match.tls = { sni = ["example.org"] }')
+            return None, ()
+        if len(raw) > 1:
+            self.error(path, f"impossible combination: one route matches several protocols "
+                       f"({', '.join(raw)}), but a connection is detected as only one",
+                       "split it into one route per protocol")
+            return None, ()
+        ((name, table),) = raw.items()
+        mpath = key_path(path, name)
+        self.used_detectors.add(name)
+        detector = self.registry.detectors.get(name)
+        if detector is None:
+            problem = self.registry.problem(DETECTORS, name)
+            if problem is not None:
+                self.error(mpath, str(problem), "fix or uninstall that plugin")
+            else:
+                self.error(mpath, f"unknown detector '{name}'",
+                           f"installed detectors: {', '.join(sorted(self.registry.detectors))}")
+            return None, ()
+        if not isinstance(table, dict):
+            self.error(mpath, "expected a table of facts to test",
+                       f"use match.{name} = {{}} to match any {name} connection")
+            return None, ()
+        known = getattr(detector, "facts", None)
+        conditions = []
+        for key, values in table.items():
+            cpath = key_path(mpath, key)
+            if known is not None and key not in known:
+                self.errors.append(unknown_key_error(mpath, key, list(known)))
+                continue
+            listed = values if isinstance(values, list) else [values]
+            if not listed or not all(isinstance(v, str | int | bool) for v in listed):
+                self.error(cpath, "expected a value or a non-empty list of strings/numbers")
+                continue
+            if key in NAME_FACTS and not all(self.name_pattern_ok(str(v), cpath) for v in listed):
+                continue
+            conditions.append(Condition(key, tuple(listed)))
+        return name, tuple(conditions)
+
+    def name_pattern_ok(self, pattern: str, path: str) -> bool:
+        body = pattern[2:] if pattern.startswith("*.") else pattern
+        if "*" in body or not body or body.startswith("."):
+            self.error(path, f"bad name pattern {pattern!r}",
+                       "use an exact name or a leading '*.' wildcard such as '*.example.org'")
+            return False
+        return True
+
+    def target(self, kind: str, options: object, path: str) -> ITarget | None:
+        factory = self.registry.targets[kind]
+        if not isinstance(options, dict):
+            self.error(path, "expected a table of options", f"e.g. {kind} = {{ ... }}")
+            return None
+        target: ITarget | None
+        if isinstance(factory, type) and attrs.has(factory):
+            target = load_table(factory, options, path, self.errors)
+        else:
+            try:
+                target = factory(**options)
+            except Exception as error:  # noqa: BLE001 - third-party constructors
+                self.error(path, f"{type(error).__name__}: {error}")
+                return None
+        if target is None:
+            return None
+        try:
+            verifyObject(ITarget, target)
+        except Invalid as error:
+            self.error(path, f"target plugin '{kind}' does not provide ITarget: {error}")
+            return None
+        return target
+
+    def check_service(self, service: Service, path: str) -> None:
+        seen: set[str] = set()
+        for index, route in enumerate(service.routes):
+            if route.name in seen:
+                self.error(key_path(key_path(path, "route"), index),
+                           f"duplicate route name '{route.name}'", "give each route its own name")
+            seen.add(route.name)
+        for index, route in enumerate(service.routes[:-1]):
+            if route.detector is None:
+                self.error(key_path(key_path(path, "route"), index),
+                           f"impossible combination: catch-all route '{route.name}' (no match) "
+                           "comes before other routes, which can never be taken",
+                           "move the catch-all route last, or give it a match table")
+                break
+        if service.default is not None and service.route_named(service.default) is None:
+            self.error(key_path(path, "default"),
+                       f"no route named '{service.default}' in service '{service.name}'",
+                       f"use one of: {', '.join(r.name for r in service.routes)}")
+
+    def cross_check(
+        self, listeners: list[ListenerConfig], services: Mapping[str, Service]
+    ) -> None:
+        names: set[str] = set()
+        endpoints: dict[str, str] = {}
+        used: set[str] = set()
+        for index, listener in enumerate(listeners):
+            path = key_path("listener", index)
+            if listener.name in names:
+                self.error(key_path(path, "name"), f"duplicate listener name '{listener.name}'")
+            names.add(listener.name)
+            if listener.endpoint in endpoints:
+                self.error(key_path(path, "endpoint"),
+                           f"endpoint also used by listener '{endpoints[listener.endpoint]}'")
+            endpoints.setdefault(listener.endpoint, listener.name)
+            used.add(listener.service)
+            if listener.service not in services and not any(
+                e.path.startswith(key_path("service", listener.service)) for e in self.errors
+            ):
+                self.error(key_path(path, "service"), f"no service named '{listener.service}'",
+                           f"define [service.{listener.service}] or use one of: "
+                           f"{', '.join(services) or '(none defined)'}")
+        for name in services:
+            if name not in used:
+                self.warnings.append(f"service.{name}: not used by any listener")

@@ -1,0 +1,116 @@
+"""
+The validated config model: what ``gatekeep check`` accepts and ``twistd`` runs.
+
+Routes and services are compiled straight into the runtime values of
+:mod:`gatekeep.values` (targets are built while loading, which is what validates
+their options); listeners and route-level settings are declared here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import attrs
+
+from gatekeep.config.endpoints import server_endpoint_problem
+from gatekeep.config.schema import setting
+from gatekeep.config.units import parse_duration
+from gatekeep.values import Service
+
+__all__ = [
+    "Config",
+    "ListenerConfig",
+    "RouteSettings",
+    "ServiceSettings",
+    "parse_name",
+    "parse_server_endpoint",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit, at most 64 characters"
+        )
+    return value
+
+
+def parse_server_endpoint(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected an endpoint string such as \"tcp:443\"")
+    problem = server_endpoint_problem(value)
+    if problem:
+        raise ValueError(
+            problem + " (examples: \"tcp:443\", 'tcp6:443:interface=\\:\\:', "
+            "\"unix:/run/gatekeep.sock\")"
+        )
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+@attrs.frozen
+class ListenerConfig:
+    """``[[listener]]``: where gatekeep accepts connections and which service detects them."""
+
+    name: str = setting("Unique name of the listener; used in logs and metrics.", parse=parse_name)
+    endpoint: str = setting(
+        "Twisted server endpoint string: `tcp:443`, `tcp6:443:interface=\\:\\:`, "
+        "`unix:/run/gk.sock`, ...",
+        parse=parse_server_endpoint,
+    )
+    service: str = setting("The `[service.X]` whose routes this listener uses.", parse=parse_name)
+    detect_timeout: float = setting(
+        "Total deadline for detection, from accept (not an idle timer). When it passes, "
+        "detectors still undecided count as not matching, so a client that sends nothing "
+        "(a server-speaks-first protocol) takes the service's default route.",
+        default=5.0,
+        parse=_positive_duration,
+        shown='"5s"',
+    )
+
+
+@attrs.frozen
+class ServiceSettings:
+    """``[service.NAME]``: an ordered list of routes with a default."""
+
+    default: str | None = setting(
+        "Route taken when no route matches before `detect_timeout` (or when nothing "
+        "can match any more). Without it, such connections are rejected.",
+        default=None,
+        parse=parse_name,
+        shown="none",
+    )
+
+
+@attrs.frozen
+class RouteSettings:
+    """``[[service.NAME.route]]``: the keys of a route besides `match` and its action."""
+
+    name: str = setting("Name of the route, unique within its service.", parse=parse_name)
+    connect_timeout: float | None = setting(
+        "How long `forward` waits for the backend to accept before giving up "
+        "(the client then gets a protocol-appropriate error).",
+        default=10.0,
+        parse=_positive_duration,
+        shown='"10s"',
+    )
+
+
+@attrs.frozen
+class Config:
+    """A whole validated config file."""
+
+    listeners: tuple[ListenerConfig, ...]
+    services: Mapping[str, Service]
+    source: str = ""
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,57 @@
+"""
+The one log line per connection.
+
+Emitted as a structured ``twisted.logger`` event, so the text form reads well and
+a JSON observer gets every field (client, listener, route, bytes_in, bytes_out...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from twisted.logger import Logger
+
+from gatekeep.values import ConnectionRecord, FactValue
+
+__all__ = ["format_facts", "log_connection"]
+
+log = Logger(namespace="gatekeep.connection")
+
+_FORMAT = (
+    "{client} {listener} {protocol}{facts_text} route={route} backend={backend} "
+    "in={bytes_in} out={bytes_out} time={duration:.3f}s close={close_reason}"
+)
+
+
+def _show(value: FactValue) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value) or "-"
+    text = str(value)
+    # Facts are validated by detectors, but plugins may report anything: never let
+    # a client's bytes break the line or forge another field.
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return json.dumps(text)
+
+
+def format_facts(facts: Mapping[str, FactValue]) -> str:
+    return " ".join(f"{k}={_show(v)}" for k, v in facts.items() if v not in (None, (), False))
+
+
+def log_connection(record: ConnectionRecord, ended: float) -> None:
+    facts = format_facts(record.facts)
+    log.info(
+        _FORMAT,
+        client=record.client,
+        listener=record.listener,
+        protocol=record.protocol or "unknown",
+        facts=dict(record.facts),
+        facts_text=" " + facts if facts else "",
+        route=record.route or "-",
+        backend=record.backend or "-",
+        bytes_in=record.bytes_in,
+        bytes_out=record.bytes_out,
+        duration=max(0.0, ended - record.started),
+        close_reason=record.close_reason or "closed",
+    )

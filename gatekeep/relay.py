@@ -1,0 +1,137 @@
+"""
+Byte-exact relaying between a client and a backend, both ways, with half-close.
+
+Flow control is Twisted's own producer/consumer machinery: each transport is the
+other's streaming producer, so a slow reader on one side pauses reading on the
+other and gatekeep never buffers more than a transport's write buffer per
+direction. Half-close is relayed faithfully (a FIN from one side becomes a
+``shutdown(SHUT_WR)`` towards the other once everything before it was written),
+which ``twisted.protocols.portforward`` does not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatekeep.values import ConnectionRecord
+
+__all__ = ["BackendSide", "Relay"]
+
+
+def _half_close(transport: Any) -> None:
+    """Stop writing to ``transport`` after its buffer drains (or close, if it can't)."""
+    lose_write = getattr(transport, "loseWriteConnection", None)
+    if lose_write is not None:
+        lose_write()
+    else:
+        transport.loseConnection()
+
+
+class Relay:
+    """
+    The state shared by the two sides of one relayed connection.
+
+    Each side's transport is registered as the other's producer only while it is
+    still readable: Twisted resumes a registered producer when the consumer's
+    buffer drains, and resuming a transport that already saw EOF would read the
+    EOF again, or keep a half-closed write side from ever finishing.
+    """
+
+    def __init__(self, client: ITransport, record: ConnectionRecord) -> None:
+        self.client: Any = client
+        self.backend: Any = None
+        self.record = record
+        self.client_eof = False
+        self.backend_eof = False
+        self.client_gone = False
+        self.backend_gone = False
+
+    def joined(self, backend: Any, pending: list[bytes]) -> None:
+        """The backend accepted: replay what the client sent so far, then relay."""
+        self.backend = backend
+        if self.client_gone:
+            backend.loseConnection()
+            return
+        if pending:
+            backend.writeSequence(pending)
+        self.client.registerProducer(backend, True)
+        if self.client_eof:
+            _half_close(backend)
+        else:
+            backend.registerProducer(self.client, True)
+            self.client.resumeProducing()
+
+    def from_client(self, data: bytes) -> None:
+        self.backend.write(data)
+
+    def from_backend(self, data: bytes) -> None:
+        self.record.bytes_out += len(data)
+        self.client.write(data)
+
+    def client_read_done(self) -> None:
+        self.client_eof = True
+        if self.backend is not None and not self.backend_gone:
+            self.backend.unregisterProducer()
+            _half_close(self.backend)
+        self._maybe_finish()
+
+    def backend_read_done(self) -> None:
+        self.backend_eof = True
+        if not self.client_gone:
+            self.client.unregisterProducer()
+            _half_close(self.client)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        # Both directions ended: close both once their buffers are flushed.
+        if self.client_eof and self.backend_eof:
+            self.record.close("done")
+            if not self.client_gone:
+                self.client.loseConnection()
+            if self.backend is not None and not self.backend_gone:
+                self.backend.loseConnection()
+
+    def client_lost(self, reason: Failure) -> None:
+        self.client_gone = True
+        if self.backend is not None and not self.backend_gone:
+            self.record.close("client closed" if self.client_eof else "client reset")
+            self.backend.unregisterProducer()
+            self.backend.loseConnection()
+
+    def backend_lost(self, reason: Failure) -> None:
+        self.backend_gone = True
+        if not self.client_gone:
+            self.record.close("backend closed" if self.backend_eof else "backend reset")
+            self.client.unregisterProducer()
+            self.client.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class BackendSide(Protocol):
+    """The protocol on the connection gatekeep opened to the backend."""
+
+    def __init__(self, relay: Relay, on_connect: Callable[[ITransport], None]) -> None:
+        self.relay = relay
+        self._on_connect = on_connect
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self._on_connect(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.from_backend(data)
+
+    def readConnectionLost(self) -> None:
+        self.relay.backend_read_done()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.relay.backend_lost(reason)

@@ -1,0 +1,232 @@
+"""
+The detection chain: buffer the first bytes, ask the detectors, pick a route.
+
+One :class:`SniffingProtocol` is the transport's protocol for the whole life of a
+connection. Before a route is chosen it buffers (up to :data:`SNIFF_CAP`) and asks
+every detector the service uses; afterwards it hands each event to the protocol
+the route's target attached, counting bytes for the connection's log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatekeep.addresses import format_address
+from gatekeep.connlog import log_connection
+from gatekeep.failures import failure_bytes
+from gatekeep.interfaces import IDetector
+from gatekeep.routing import Selection, select_route
+from gatekeep.values import (
+    ConnectionRecord,
+    Inbound,
+    Match,
+    NeedMore,
+    NoMatch,
+    Service,
+    Verdict,
+)
+
+__all__ = ["SNIFF_CAP", "ListenerRuntime", "SniffingFactory", "SniffingProtocol", "run_detectors"]
+
+#: No connection makes gatekeep buffer more than this before a route is chosen.
+SNIFF_CAP = 16 * 1024
+
+log = Logger()
+
+
+@attrs.frozen
+class ListenerRuntime:
+    """What every connection of one listener needs; replaced wholesale on reload."""
+
+    name: str
+    service: Service
+    detectors: Mapping[str, IDetector]
+    detect_timeout: float
+    reactor: Any = attrs.field(repr=False)
+
+    @classmethod
+    def build(
+        cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
+        detect_timeout: float, reactor: Any,
+    ) -> ListenerRuntime:
+        # Only the detectors this service's routes use run, in route order.
+        wanted = [r.detector for r in service.routes if r.detector is not None]
+        used = {d: all_detectors[d] for d in dict.fromkeys(wanted)}
+        return cls(name, service, used, detect_timeout, reactor)
+
+
+def run_detectors(
+    detectors: Mapping[str, IDetector], prefix: bytes, verdicts: dict[str, Verdict],
+    final: bool,
+) -> None:
+    """
+    Ask each still-undecided detector about ``prefix``, updating ``verdicts``.
+
+    A detector that raises is a bug in it, not in the client: it counts as not
+    matching (and is logged), so one broken plugin cannot take a listener down.
+    """
+    size = len(prefix)
+    for name, detector in detectors.items():
+        previous = verdicts.get(name)
+        if previous is not None and not isinstance(previous, NeedMore):
+            continue
+        limit = detector.max_prefix
+        try:
+            verdict = detector.detect(prefix[:limit] if size > limit else prefix)
+        except Exception:  # noqa: BLE001 - foreign code must not kill the connection
+            log.failure("detector {detector} raised", detector=name)
+            verdict = NoMatch("the detector raised an exception")
+        if isinstance(verdict, NeedMore) and (final or size >= limit):
+            verdict = NoMatch("undecided when detection ended" if final else
+                              f"undecided after its max_prefix ({limit} bytes)")
+        verdicts[name] = verdict
+
+
+@implementer(IHalfCloseableProtocol)
+class SniffingProtocol(Protocol):
+    """Detects, routes, then relays events to the target's protocol."""
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        self.runtime = runtime
+        self.record: ConnectionRecord | None = None
+        self.attached: Protocol | None = None
+        self._buffer = bytearray()
+        self._verdicts: dict[str, Verdict] = {}
+        self._deadline: IDelayedCall | None = None
+        self._client_eof = False
+
+    def connectionMade(self) -> None:
+        runtime = self.runtime
+        self.record = ConnectionRecord(
+            runtime.name, format_address(self.transport.getPeer()),  # type: ignore[union-attr]
+            runtime.reactor.seconds())
+        if not runtime.detectors:
+            self._decide(final=True)
+        else:
+            self._deadline = runtime.reactor.callLater(runtime.detect_timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.record is not None
+        self.record.bytes_in += len(data)
+        if self.attached is not None:
+            self.attached.dataReceived(data)
+            return
+        self._buffer += data
+        self._decide(final=len(self._buffer) >= SNIFF_CAP)
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        self._decide(final=True)
+
+    def _decide(self, final: bool) -> None:
+        prefix = bytes(self._buffer[:SNIFF_CAP])
+        run_detectors(self.runtime.detectors, prefix, self._verdicts, final)
+        selection = select_route(self.runtime.service, self._verdicts, final)
+        if not selection.waiting:
+            self._route(selection, prefix)
+
+    def _route(self, selection: Selection, prefix: bytes) -> None:
+        record, transport = self.record, self.transport
+        assert record is not None and transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        protocol, match = self._protocol_of(selection)
+        record.protocol = protocol
+        record.facts = match.facts if match is not None else {}
+        route = selection.route
+        if route is None:
+            record.close("no route")
+            transport.write(failure_bytes(protocol, record.facts, "refused"))
+            transport.loseConnection()
+            return
+        record.route = route.name
+        inbound = Inbound(
+            listener=self.runtime.name, client=transport.getPeer(), server=transport.getHost(),
+            transport=transport, detector=protocol, facts=record.facts, prefix=prefix,
+            route=route, record=record, reactor=self.runtime.reactor)
+        self._buffer = bytearray()
+        try:
+            attached = route.target.attach(inbound)
+        except Exception:  # noqa: BLE001 - a failing target must only cost this connection
+            log.failure("route {route} failed to take a connection", route=route.name)
+            record.close("target error")
+            transport.loseConnection()
+            return
+        self.attached = attached
+        attached.makeConnection(transport)
+        if prefix:
+            attached.dataReceived(prefix)
+        if self._client_eof:
+            self._relayReadLost()
+
+    def _protocol_of(self, selection: Selection) -> tuple[str | None, Match | None]:
+        """The protocol to report: the route's detector, else the first that matched."""
+        route = selection.route
+        if route is not None and route.detector is not None and selection.match is not None:
+            return route.detector, selection.match
+        for name, verdict in self._verdicts.items():
+            if isinstance(verdict, Match):
+                return name, verdict
+        return None, None
+
+    def readConnectionLost(self) -> None:
+        self._client_eof = True
+        if self.attached is None:
+            if self.record is not None:
+                self._decide(final=True)
+            return
+        self._relayReadLost()
+
+    def _relayReadLost(self) -> None:
+        attached: Any = self.attached
+        if IHalfCloseableProtocol.providedBy(attached):
+            attached.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        attached: Any = self.attached
+        if IHalfCloseableProtocol.providedBy(attached):
+            attached.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.attached is not None:
+            self.attached.connectionLost(reason)
+        record = self.record
+        if record is None:
+            return
+        if record.route is None:
+            record.close("client closed before detection")
+        record.close(_reason_text(reason))
+        log_connection(record, self.runtime.reactor.seconds())
+
+
+def _reason_text(reason: Failure) -> str:
+    if reason.check(ConnectionDone):
+        return "closed"
+    return reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
+
+
+class SniffingFactory(Factory):
+    """Builds a sniffer per connection from the listener's current runtime."""
+
+    noisy = False
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        self.runtime = runtime
+
+    def buildProtocol(self, addr: Any) -> SniffingProtocol:
+        return SniffingProtocol(self.runtime)

@@ -1,0 +1,142 @@
+"""
+The ``forward`` action: connect to a backend endpoint and relay both ways.
+
+The client is not read while the backend connection is being made (the bytes
+sniffed so far are replayed first), so a client can never make gatekeep buffer
+more than the sniff cap for a backend that is slow to accept.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import attrs
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatekeep.config.endpoints import client_endpoint_problem
+from gatekeep.config.schema import setting
+from gatekeep.failures import FailureKind, failure_bytes
+from gatekeep.interfaces import ITarget
+from gatekeep.relay import BackendSide, Relay
+from gatekeep.values import Inbound
+
+__all__ = ["ForwardTarget"]
+
+log = Logger()
+
+
+def _client_endpoint(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError('expected a client endpoint string such as "tcp:127.0.0.1:8080"')
+    problem = client_endpoint_problem(value)
+    if problem:
+        raise ValueError(problem + ' (examples: "tcp:127.0.0.1:5222", "unix:/run/app.sock", '
+                         "'tcp:host=\\:\\:1:port=8080')")
+    return value
+
+
+@implementer(ITarget)
+@attrs.define(eq=False)
+class ForwardTarget:
+    """``forward = { to = "tcp:127.0.0.1:5222" }``"""
+
+    to: str = setting(
+        "Client endpoint string of the backend: `tcp:HOST:PORT`, `unix:PATH`, "
+        "`tls:NAME:PORT:endpoint=...`; any Twisted client endpoint.",
+        parse=_client_endpoint,
+    )
+    # Parsed endpoints per reactor: parsing per connection would cost more than
+    # the connect itself.
+    _endpoints: weakref.WeakKeyDictionary[Any, IStreamClientEndpoint] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False)
+
+    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+        endpoint = self._endpoints.get(reactor)
+        if endpoint is None:
+            endpoint = self._endpoints[reactor] = clientFromString(reactor, self.to)
+        return endpoint
+
+    def attach(self, inbound: Inbound) -> Protocol:
+        inbound.record.backend = self.to
+        return ClientSide(inbound, self.endpoint(inbound.reactor))
+
+    def describe(self) -> str:
+        return f"forward to {self.to}"
+
+
+@implementer(IHalfCloseableProtocol)
+class ClientSide(Protocol):
+    """Takes over the client's connection until the backend answers, then relays."""
+
+    def __init__(self, inbound: Inbound, endpoint: IStreamClientEndpoint) -> None:
+        self.inbound = inbound
+        self.endpoint = endpoint
+        self.relay: Relay | None = None
+        self._pending: list[bytes] = []
+        self._connecting: defer.Deferred[Any] | None = None
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        self.relay = relay = Relay(transport, self.inbound.record)
+        factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
+        factory.noisy = False
+        connecting = self.endpoint.connect(factory)
+        timeout = self.inbound.route.connect_timeout
+        if timeout is not None:
+            connecting.addTimeout(timeout, self.inbound.reactor)
+        connecting.addErrback(self._failed)
+        self._connecting = connecting
+
+    def _joined(self, backend: ITransport) -> None:
+        self._connecting = None
+        pending, self._pending = self._pending, []
+        assert self.relay is not None
+        self.relay.joined(backend, pending)
+
+    def _failed(self, reason: Failure) -> None:
+        self._connecting = None
+        relay = self.relay
+        if relay is None or relay.client_gone:
+            return
+        kind: FailureKind = "unavailable"
+        if reason.check(defer.CancelledError):
+            return  # we cancelled it: the client went away
+        if reason.check(defer.TimeoutError, error.TimeoutError):
+            kind = "timeout"
+            why = "backend connect timeout"
+        else:
+            why = f"backend unreachable: {reason.getErrorMessage()}"
+        self.inbound.record.close(why)
+        message = failure_bytes(self.inbound.detector, self.inbound.facts, kind)
+        if message:
+            relay.client.write(message)
+        relay.client.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None or relay.backend is None:
+            self._pending.append(data)
+        else:
+            relay.from_client(data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.client_read_done()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.relay is not None:
+            self.relay.client_lost(reason)
+        if self._connecting is not None:
+            self._connecting.cancel()

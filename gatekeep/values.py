@@ -1,0 +1,171 @@
+"""
+Plain data shared between the chain, detectors, targets and plugins.
+
+Everything here is an attrs class; all but :class:`ConnectionRecord` (the running
+tally of one connection, written as it goes) are frozen.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, ITransport
+
+    from gatekeep.interfaces import IAccessRule, ITarget
+
+__all__ = [
+    "Condition",
+    "ConnectionRecord",
+    "Decision",
+    "FactValue",
+    "Inbound",
+    "Match",
+    "NeedMore",
+    "NoMatch",
+    "Route",
+    "Service",
+    "Verdict",
+]
+
+#: What a detector may report about a connection. Byte strings never appear here:
+#: detectors validate and decode names before reporting them (SNI as IDNA text, ...).
+FactValue = str | int | bool | tuple[str, ...] | None
+
+
+def _freeze_facts(facts: Mapping[str, FactValue]) -> Mapping[str, FactValue]:
+    return dict(facts)
+
+
+@attrs.frozen(eq=True, hash=False)
+class Match:
+    """
+    The detector recognised its protocol.
+
+    ``facts`` are what routes may test (``match.<detector> = {key = [...]}``) and what
+    logs show. ``consumed`` is for preambles only (PROXY protocol): how many bytes the
+    preamble took, which the chain strips before detecting again.
+    """
+
+    facts: Mapping[str, FactValue] = attrs.field(factory=dict, converter=_freeze_facts)
+    consumed: int = 0
+
+
+@attrs.frozen
+class NoMatch:
+    """The bytes are not this detector's protocol. ``reason`` helps ``gatekeep explain``."""
+
+    reason: str = ""
+
+
+@attrs.frozen
+class NeedMore:
+    """Not decidable yet: ask again when more bytes have arrived."""
+
+
+Verdict = Match | NoMatch | NeedMore
+
+
+class Decision(enum.Enum):
+    """An access rule's answer."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    ABSTAIN = "abstain"
+
+
+@attrs.frozen
+class Condition:
+    """
+    One key of a route's match table: the fact ``key`` must fit one of ``values``.
+
+    How a value fits depends on the fact (exact names and ``*.`` wildcards for names,
+    prefixes for paths, equality otherwise); see :mod:`gatekeep.routing`.
+    """
+
+    key: str
+    values: tuple[str | int | bool, ...]
+
+
+@attrs.frozen
+class Route:
+    """
+    One entry of a service's ordered route list.
+
+    ``detector`` is None for a catch-all route (no ``match`` table).
+    """
+
+    name: str
+    detector: str | None
+    conditions: tuple[Condition, ...]
+    target: ITarget
+    access: IAccessRule | None = None
+    connect_timeout: float | None = None
+
+
+@attrs.frozen
+class Service:
+    """A named, ordered list of routes with the route used when nothing matches."""
+
+    name: str
+    routes: tuple[Route, ...]
+    default: str | None = None
+
+    def route_named(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
+
+
+@attrs.define(slots=True)
+class ConnectionRecord:
+    """
+    The running tally of one connection, from accept to close.
+
+    Written by the chain and the target as the connection goes; read once at the
+    end for the connection's log line (and metrics).
+    """
+
+    listener: str
+    client: str
+    started: float
+    protocol: str | None = None
+    facts: Mapping[str, FactValue] = attrs.field(factory=dict)
+    route: str | None = None
+    backend: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    close_reason: str | None = None
+
+    def close(self, reason: str) -> None:
+        """Record why the connection ended; the first reason given wins."""
+        if self.close_reason is None:
+            self.close_reason = reason
+
+
+@attrs.frozen
+class Inbound:
+    """
+    A detected connection, handed to a route's target.
+
+    ``client`` is the real client address (after a PROXY preamble, if any);
+    ``prefix`` holds the bytes the chain read while detecting, which the target's
+    protocol receives first.
+    """
+
+    listener: str
+    client: IAddress
+    server: IAddress
+    transport: ITransport
+    detector: str | None
+    facts: Mapping[str, FactValue]
+    prefix: bytes
+    route: Route
+    record: ConnectionRecord
+    #: The reactor to use for connections and timers (injected, so tests use fakes).
+    reactor: Any = attrs.field(repr=False)

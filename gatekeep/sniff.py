@@ -128,11 +128,12 @@ class SniffingProtocol(Protocol):
         self._decide(final=True)
 
     def _decide(self, final: bool) -> None:
-        prefix = bytes(self._buffer[:SNIFF_CAP])
+        buffered = bytes(self._buffer)
+        prefix = buffered[:SNIFF_CAP] if len(buffered) > SNIFF_CAP else buffered
         run_detectors(self.runtime.detectors, prefix, self._verdicts, final)
         selection = select_route(self.runtime.service, self._verdicts, final)
         if not selection.waiting:
-            self._route(selection, prefix)
+            self._route(selection, buffered)
 
     def _route(self, selection: Selection, prefix: bytes) -> None:
         record, transport = self.record, self.transport

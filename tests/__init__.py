@@ -1,0 +1,1 @@
+"""Tests for gatekeep, mirroring the package layout."""

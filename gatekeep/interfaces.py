@@ -32,6 +32,10 @@ class IDetector(Interface):
     chunk), so its verdict cannot depend on how the bytes were split into reads.
     Any verdict other than :class:`~gatekeep.values.NeedMore` is final: the chain
     stops asking once a detector has matched or refused.
+
+    A detector may also have a ``facts`` attribute, a tuple naming every fact it
+    reports: configs then get an error for a misspelt key in ``match.<name>``
+    instead of a route that silently never matches.
     """
 
     name = Attribute("The key used in config (``match.<name>``); equals the entry-point name.")

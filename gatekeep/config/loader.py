@@ -130,7 +130,9 @@ class _Loader:
             self.error(path, "expected an array of tables", "write [[" + path + "]]")
             return None
         routes = [self.route(table, key_path(path, i)) for i, table in enumerate(raw)]
-        return [r for r in routes if r is not None] if len(routes) == len(raw) else None
+        # One broken route drops its service, so no follow-on errors (a default
+        # naming that route, ...) bury the real one.
+        return None if None in routes else [r for r in routes if r is not None]
 
     def route(self, table: object, path: str) -> Route | None:
         if not isinstance(table, dict):

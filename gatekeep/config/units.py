@@ -55,11 +55,11 @@ def parse_duration(value: object) -> float:
 def format_duration(seconds: float) -> str:
     """The inverse of :func:`parse_duration`, for route tables and docs."""
     if seconds and seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{seconds * 1000:.12g}ms"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+            return f"{seconds / size:.12g}{unit}"
+    return f"{seconds:.12g}s"
 
 
 def parse_rate(value: object) -> tuple[float, str]:

@@ -87,10 +87,12 @@ class _HTTPReport(_Reporter):
 class _TLSReport(_HTTPReport):
     """The inner protocol of the TLS backend: also shows what TLS negotiated."""
 
-    def connectionMade(self) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        # Application data only flows once the handshake is done, so ALPN is known.
         transport: Any = self.transport
         self.extra = "  (TLS terminated by the demo backend; negotiated ALPN: {})".format(
             (transport.negotiatedProtocol or b"none").decode("ascii", "replace"))
+        super().dataReceived(data)
 
 
 @implementer(IInboundReceiver)
@@ -139,23 +141,30 @@ def _tls_options() -> ssl.CertificateOptions:
     )
 
 
+def _quiet(protocol: type[Protocol]) -> Factory:
+    factory = Factory.forProtocol(protocol)
+    factory.noisy = False
+    return factory
+
+
 def tls_backend() -> TLSMemoryBIOFactory:
-    factory = TLSMemoryBIOFactory(_tls_options(), False, Factory.forProtocol(_TLSReport))
+    factory = TLSMemoryBIOFactory(_tls_options(), False, _quiet(_TLSReport))
     factory.protocol = _DemoTLSProtocol
+    factory.noisy = False
     return factory
 
 
 def http_backend() -> Factory:
-    return Factory.forProtocol(_HTTPReport)
+    return _quiet(_HTTPReport)
 
 
 def xmpp_backend() -> Factory:
-    return Factory.forProtocol(_XMPPReport)
+    return _quiet(_XMPPReport)
 
 
 def ssh_backend() -> Factory:
-    return Factory.forProtocol(_LinesReport)
+    return _quiet(_LinesReport)
 
 
 def other_backend() -> Factory:
-    return Factory.forProtocol(_LinesReport)
+    return _quiet(_LinesReport)

@@ -30,7 +30,8 @@ class DemoTests(SynchronousTestCase):
             protocol.dataReceived(data)
         else:
             self.clock.advance(2)
-        return transport.value()
+        reply: bytes = transport.value()
+        return reply
 
     def test_listens_on_loopback_only(self) -> None:
         endpoints = [listener.endpoint for listener in self.config.listeners]

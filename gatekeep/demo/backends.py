@@ -142,7 +142,7 @@ def _tls_options() -> ssl.CertificateOptions:
 
 
 def _quiet(protocol: type[Protocol]) -> Factory:
-    factory = Factory.forProtocol(protocol)
+    factory: Factory = Factory.forProtocol(protocol)
     factory.noisy = False
     return factory
 

@@ -14,7 +14,12 @@ from typing import Any
 import attrs
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -81,6 +86,8 @@ class ClientSide(Protocol):
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
         self._connecting: defer.Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None
+        self._timed_out = False
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -92,25 +99,38 @@ class ClientSide(Protocol):
         connecting = self.endpoint.connect(factory)
         timeout = self.inbound.route.connect_timeout
         if timeout is not None:
-            connecting.addTimeout(timeout, self.inbound.reactor)
+            self._timer = self.inbound.reactor.callLater(timeout, self._timedOut)
         connecting.addErrback(self._failed)
         self._connecting = connecting
 
+    def _timedOut(self) -> None:
+        # Cancelling makes endpoints fail with ConnectingCancelledError; remember why.
+        self._timer = None
+        self._timed_out = True
+        self._stopTimer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _joined(self, backend: ITransport) -> None:
         self._connecting = None
+        self._stopTimer()
         pending, self._pending = self._pending, []
         assert self.relay is not None
         self.relay.joined(backend, pending)
 
     def _failed(self, reason: Failure) -> None:
         self._connecting = None
+        self._stopTimer()
         relay = self.relay
         if relay is None or relay.client_gone:
-            return
+            return  # the client went away (and we cancelled the attempt)
         kind: FailureKind = "unavailable"
-        if reason.check(defer.CancelledError):
-            return  # we cancelled it: the client went away
-        if reason.check(defer.TimeoutError, error.TimeoutError):
+        if self._timed_out or reason.check(error.TimeoutError):
             kind = "timeout"
             why = "backend connect timeout"
         else:
@@ -138,5 +158,6 @@ class ClientSide(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.relay is not None:
             self.relay.client_lost(reason)
+        self._stopTimer()
         if self._connecting is not None:
             self._connecting.cancel()

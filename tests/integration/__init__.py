@@ -1,0 +1,1 @@
+"""Integration tests: gatekeep in front of real peers (Prosody, nginx, sshd, clients)."""

@@ -147,7 +147,9 @@ class SniffingProtocol(Protocol):
         route = selection.route
         if route is None:
             record.close("no route")
-            transport.write(failure_bytes(protocol, record.facts, "refused"))
+            message = failure_bytes(protocol, record.facts, "refused")
+            record.bytes_out += len(message)
+            transport.write(message)
             transport.loseConnection()
             return
         record.route = route.name

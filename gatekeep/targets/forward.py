@@ -138,6 +138,7 @@ class ClientSide(Protocol):
         self.inbound.record.close(why)
         message = failure_bytes(self.inbound.detector, self.inbound.facts, kind)
         if message:
+            self.inbound.record.bytes_out += len(message)
             relay.client.write(message)
         relay.client.loseConnection()
 

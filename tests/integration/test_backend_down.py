@@ -131,11 +131,9 @@ def test_ssh_is_closed(gatekeep: Gatekeep, closed_port: int) -> None:
     _check_line(gatekeep, mark, "ssh", closed_port)
 
 
-@pytest.mark.xfail(strict=True, reason="gatekeep bug: bytes written by the failure path "
-                   "(forward to a backend that is down) are not counted in out=")
 def test_error_reply_is_counted_as_bytes_out(gatekeep: Gatekeep) -> None:
-    # CONFIG.md: the connection line has the bytes sent to the client. The 502 that
-    # gatekeep wrote is logged as out=0 (respond/reject routes do count theirs).
+    # CONFIG.md: the connection line has the bytes sent to the client, the 502
+    # gatekeep wrote itself included.
     mark = gatekeep.mark()
     reply, _ = tcp_exchange(("127.0.0.1", gatekeep.port("edge")),
                             b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n",

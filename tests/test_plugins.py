@@ -308,10 +308,6 @@ def test_config_not_using_a_broken_target_warns() -> None:
     assert "plugin 'junk' (gatekeep.targets)" in warning
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gatekeep bug: a route using a broken target plugin gets \"unknown key 'junk'\" and "
-    "\"a route needs an action\"; the plugin's problem (and its distribution) is only a "
-    "warning, and ConfigErrors drops warnings, so `gatekeep check` never names it"))
 def test_config_using_a_broken_target_names_it() -> None:
     registry = load_registry([TLS, FORWARD, ep("junk", "NotATarget", TARGETS)])
     with pytest.raises(ConfigErrors) as caught:
@@ -336,11 +332,6 @@ def test_plugin_target_gets_its_options() -> None:
     assert route.target.describe() == "good target x"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gatekeep bug: when two plugins register one name and a config uses it, the "
-    "registry's duplicate problem is dropped by the loader (it skips problems of used "
-    "detectors as 'already reported', but nothing reported it) and the first-loaded "
-    "plugin is used silently"))
 def test_config_using_a_duplicated_detector_name_is_not_silent() -> None:
     registry = load_registry([TLS, FORWARD, GOOD, ep("good", "SecondGoodDetector")])
     assert registry.problem(DETECTORS, "good") is not None

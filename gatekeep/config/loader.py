@@ -8,6 +8,7 @@ bad file: the only exception that leaves is :class:`ConfigErrors`.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,12 +21,21 @@ from zope.interface.verify import verifyObject
 from gatekeep.config.errors import ConfigError, ConfigErrors
 from gatekeep.config.model import Config, ListenerConfig, RouteSettings, ServiceSettings
 from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_error
+from gatekeep.detectors._names import normalise_host
 from gatekeep.interfaces import ITarget
-from gatekeep.registry import DETECTORS, Registry
-from gatekeep.routing import NAME_FACTS
+from gatekeep.registry import DETECTORS, TARGETS, Registry
+from gatekeep.routing import NAME_FACTS, split_host_port
 from gatekeep.values import Condition, Route, Service
 
 __all__ = ["load_config", "load_config_file"]
+
+
+def _canonical_name(text: str) -> str | None:
+    """A DNS name (IDNA A-labels, lower case) or an IP literal, bracketed or not."""
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return normalise_host(text.rstrip(".")) if text else None
 
 _TOP_KEYS = ["listener", "service"]
 _SERVICE_KEYS = ["default", "route"]
@@ -60,7 +70,7 @@ class _Loader:
     registry: Registry
     errors: list[ConfigError] = attrs.field(factory=list)
     warnings: list[str] = attrs.field(factory=list)
-    used_detectors: set[str] = attrs.field(factory=set)
+    used_plugins: set[tuple[str, str]] = attrs.field(factory=set)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -73,7 +83,7 @@ class _Loader:
         services = self.services(data.get("service"))
         self.cross_check(listeners, services)
         for problem in self.registry.problems:
-            if problem.group == DETECTORS and problem.name in self.used_detectors:
+            if (problem.group, problem.name) in self.used_plugins:
                 continue  # already reported as an error where it is used
             self.warnings.append(str(problem))
         if self.errors:
@@ -140,10 +150,16 @@ class _Loader:
             return None
         actions = [key for key in table if key in self.registry.targets]
         planned = [key for key in table if key in PLANNED and key not in self.registry.targets]
-        plain = {k: v for k, v in table.items() if k not in actions and k != "match"}
+        broken = [key for key in table if self.registry.problem(TARGETS, key) is not None]
+        plain = {k: v for k, v in table.items()
+                 if k not in actions and k not in broken and k != "match"}
         before = len(self.errors)
+        for key in broken:
+            self.used_plugins.add((TARGETS, key))
+            self.error(key_path(path, key), str(self.registry.problem(TARGETS, key)),
+                       "fix or uninstall that plugin")
         settings = load_table(RouteSettings, plain, path, self.errors)
-        if not actions and not planned:
+        if not actions and not planned and not broken:
             self.error(path, "a route needs an action",
                        f"add exactly one of: {', '.join(sorted(self.registry.targets))}")
         elif len(actions) > 1:
@@ -171,15 +187,16 @@ class _Loader:
             return None, ()
         ((name, table),) = raw.items()
         mpath = key_path(path, name)
-        self.used_detectors.add(name)
+        self.used_plugins.add((DETECTORS, name))
         detector = self.registry.detectors.get(name)
+        problem = self.registry.problem(DETECTORS, name)
+        if problem is not None:
+            # Also when another plugin of that name loaded: which one runs is luck.
+            self.error(mpath, str(problem), "fix or uninstall that plugin")
+            return None, ()
         if detector is None:
-            problem = self.registry.problem(DETECTORS, name)
-            if problem is not None:
-                self.error(mpath, str(problem), "fix or uninstall that plugin")
-            else:
-                self.error(mpath, f"unknown detector '{name}'",
-                           f"installed detectors: {', '.join(sorted(self.registry.detectors))}")
+            self.error(mpath, f"unknown detector '{name}'",
+                       f"installed detectors: {', '.join(sorted(self.registry.detectors))}")
             return None, ()
         if not isinstance(table, dict):
             self.error(mpath, "expected a table of facts to test",
@@ -196,18 +213,28 @@ class _Loader:
             if not listed or not all(isinstance(v, str | int | bool) for v in listed):
                 self.error(cpath, "expected a value or a non-empty list of strings/numbers")
                 continue
-            if key in NAME_FACTS and not all(self.name_pattern_ok(str(v), cpath) for v in listed):
-                continue
+            if key in NAME_FACTS:
+                patterns = [self.name_pattern(key, str(v), cpath) for v in listed]
+                listed = [p for p in patterns if p is not None]
+                if len(listed) < len(patterns):
+                    continue
             conditions.append(Condition(key, tuple(listed)))
         return name, tuple(conditions)
 
-    def name_pattern_ok(self, pattern: str, path: str) -> bool:
-        body = pattern[2:] if pattern.startswith("*.") else pattern
-        if "*" in body or not body or body.startswith("."):
+    def name_pattern(self, key: str, pattern: str, path: str) -> str | None:
+        """The pattern in the spelling detectors report names in (A-labels, lower case)."""
+        wildcard = pattern.startswith("*.")
+        body, port = split_host_port(pattern[2:] if wildcard else pattern)
+        if port is not None and key != "host":
+            body, port = pattern[2:] if wildcard else pattern, None
+        name = _canonical_name(body)
+        if name is None or "*" in body or (wildcard and ":" in name):
             self.error(path, f"bad name pattern {pattern!r}",
-                       "use an exact name or a leading '*.' wildcard such as '*.example.org'")
-            return False
-        return True
+                       "use an exact name or a leading '*.' wildcard such as '*.example.org'"
+                       + (", optionally with ':PORT'" if key == "host" else ""))
+            return None
+        shown = f"[{name}]" if ":" in name and port is not None else name
+        return ("*." if wildcard else "") + shown + (f":{port}" if port is not None else "")
 
     def target(self, kind: str, options: object, path: str) -> ITarget | None:
         factory = self.registry.targets[kind]

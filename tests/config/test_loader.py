@@ -211,3 +211,23 @@ def test_not_toml_and_no_file(registry: Registry, tmp_path: object) -> None:
 def test_unused_service_is_a_warning(registry: Registry) -> None:
     text = GOOD + '\n[service.spare]\n[[service.spare.route]]\nname = "x"\nreject = {}\n'
     assert load_config(text, registry).warnings == ("service.spare: not used by any listener",)
+
+
+def test_name_patterns_are_canonical(registry: Registry) -> None:
+    text = GOOD.replace('sni = ["example.org", "*.example.org"]',
+                        'sni = ["Example.ORG.", "*.bücher.example"]').replace(
+        'match.xmpp = { to = "example.org", ns = ["jabber:client"] }',
+        'match.xmpp = { to = ["[::1]", "127.0.0.1"] }')
+    routes = load_config(text, registry).services["edge"].routes
+    assert routes[0].conditions[0].values == ("example.org", "*.xn--bcher-kva.example")
+    assert routes[1].conditions[0].values == ("::1", "127.0.0.1")
+    http = GOOD.replace('match.xmpp = { to = "example.org", ns = ["jabber:client"] }',
+                        'match.http = { host = ["Fed.Example.org:8448", "[::1]:443", "*.a.b"] }')
+    routes = load_config(http, registry).services["edge"].routes
+    assert routes[1].conditions[0].values == ("fed.example.org:8448", "[::1]:443", "*.a.b")
+
+
+@pytest.mark.parametrize("bad", ["www.*.org", "*", "*.", "exa mple.org", "a..b", "*.[::1]"])
+def test_bad_name_patterns(registry: Registry, bad: str) -> None:
+    error = one_error(GOOD.replace('"*.example.org"', f'"{bad}"'), registry)
+    assert error.startswith(f"service.edge.route[0].match.tls.sni: bad name pattern '{bad}'")

@@ -70,6 +70,9 @@ def _load_detector(ep: EntryPoint) -> IDetector:
     max_prefix = detector.max_prefix
     if not isinstance(max_prefix, int) or isinstance(max_prefix, bool) or max_prefix < 1:
         raise Invalid(f"max_prefix must be a positive int, not {max_prefix!r}")
+    facts = getattr(detector, "facts", ())
+    if not isinstance(facts, tuple | list) or not all(isinstance(f, str) for f in facts):
+        raise Invalid(f"facts must be a tuple of fact names, not {facts!r}")
     return detector  # type: ignore[no-any-return]
 
 

@@ -86,6 +86,12 @@ class ZeroPrefixDetector(GoodDetector):
 
 
 @implementer(IDetector)
+class BadFactsDetector(GoodDetector):
+    name = "badfacts"
+    facts = "level"  # a string, not a tuple of names
+
+
+@implementer(IDetector)
 class RaisingDetector(GoodDetector):
     name = "raising"
 
@@ -208,6 +214,11 @@ def test_detector_name_mismatch() -> None:
 def test_detector_bad_max_prefix() -> None:
     registry = load_registry([ep("zero", "ZeroPrefixDetector")])
     assert "max_prefix must be a positive int, not 0" in only_problem(registry)
+
+
+def test_detector_bad_facts() -> None:
+    registry = load_registry([ep("badfacts", "BadFactsDetector")])
+    assert "facts must be a tuple of fact names, not 'level'" in only_problem(registry)
 
 
 def test_detector_constructor_raises() -> None:

@@ -102,3 +102,51 @@ def test_explain_tls_fixture_from_a_capture(
 def test_explain_unknown_listener(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", str(config), "--listener", "nope", "hex:00"]) == 1
     assert "no listener named 'nope'; listeners: public" in capsys.readouterr().err
+
+
+def _gatekeep_command() -> list[str]:
+    import sys
+
+    return [sys.executable, "-c", "import sys; from gatekeep.cli import main; sys.exit(main())"]
+
+
+def test_run_refuses_a_bad_config_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    path = tmp_path / "bad.toml"
+    path.write_text(CONFIG.replace("tcp:8443", "tcp:eighty"))
+    done = subprocess.run([*_gatekeep_command(), "run", str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "listener[0].endpoint: bad server endpoint string 'tcp:eighty'" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+def test_run_serves_the_config(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+
+    path = tmp_path / "gk.toml"
+    path.write_text(CONFIG.replace('"tcp:8443"', '"tcp:0:interface=127.0.0.1"').replace(
+        'name = "web"\nmatch.http = {}\nforward = { to = "tcp:127.0.0.1:8080" }',
+        'name = "web"\nmatch.http = {}\n'
+        'respond = { data = "HTTP/1.0 204 No Content\\r\\n\\r\\n" }'))
+    process = subprocess.Popen([*_gatekeep_command(), "run", str(path)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "listener public listening on 127.0.0.1:" in line:
+                port = int(line.rsplit(":", 1)[1].split()[0])
+                break
+        else:
+            pytest.fail("gatekeep run never listened")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.0 204")
+        assert not (tmp_path / "twistd.pid").exists()  # run writes no pid file
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

@@ -1,5 +1,5 @@
 """
-The ``gatekeep`` command: ``check``, ``run``, ``explain``.
+The ``gatekeep`` command: ``check``, ``run``, ``explain``, ``reload``.
 
 ``check`` and ``explain`` never start the reactor; ``run`` is ``twistd -n gatekeep``
 with a config, for people who do not want to learn twistd's options first.
@@ -8,6 +8,8 @@ with a config, for people who do not want to learn twistd's options first.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -105,6 +107,51 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where the systemd unit in contrib/ has twistd write its PID; `gatekeep run`
+#: and `twistd --pidfile` can use any path.
+DEFAULT_PIDFILE = "/run/gatekeep/gatekeep.pid"
+
+
+def _running_pid(args: argparse.Namespace) -> int | str:
+    """The PID to signal, or why there is none."""
+    pid: int
+    if args.pid is not None:
+        pid = int(args.pid)
+    else:
+        try:
+            text = open(args.pidfile, encoding="ascii").read().strip()  # noqa: SIM115
+        except OSError as error:
+            return f"cannot read pid file {args.pidfile}: {error.strerror}"
+        if not text.isdigit():
+            return f"pid file {args.pidfile} does not hold a process id"
+        pid = int(text)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+    except OSError:
+        return f"no process {pid} (is gatekeep running? a stale pid file?)"
+    if not any(b"gatekeep" in arg for arg in argv):
+        return f"process {pid} is not gatekeep (a stale pid file?)"
+    return pid
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.check and _load(args.check, load_registry()) is None:
+        print("gatekeep reload: config has errors; nothing signalled", file=sys.stderr)
+        return 1
+    pid = _running_pid(args)
+    if isinstance(pid, str):
+        print(f"gatekeep reload: {pid}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        print(f"gatekeep reload: cannot signal {pid}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to gatekeep (pid {pid}); its log says whether the config was applied")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gatekeep", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -125,6 +172,15 @@ def parser() -> argparse.ArgumentParser:
         "input", help="a file of raw bytes, hex:<hex digits>, a .pcap/.pcapng of one "
         "connection (the client's side is used), or - for stdin")
     explain.set_defaults(func=cmd_explain)
+    reload = sub.add_parser(
+        "reload", help="make the running gatekeep re-read its config (sends SIGHUP)")
+    which = reload.add_mutually_exclusive_group()
+    which.add_argument("--pidfile", default=DEFAULT_PIDFILE,
+                       help=f"twistd's pid file (default: {DEFAULT_PIDFILE})")
+    which.add_argument("--pid", type=int, help="the process id (e.g. systemd's $MAINPID)")
+    reload.add_argument("--check", metavar="CONFIG",
+                        help="validate this config first; signal only if it is valid")
+    reload.set_defaults(func=cmd_reload)
     return top
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
+from gatekeep import metrics
 from gatekeep.values import ConnectionRecord, FactValue
 
 __all__ = ["format_facts", "log_connection"]
@@ -40,6 +41,8 @@ def format_facts(facts: Mapping[str, FactValue]) -> str:
 
 
 def log_connection(record: ConnectionRecord, ended: float) -> None:
+    """Write the connection's final line and count it in the metrics."""
+    metrics.connection_ended(record)
     facts = format_facts(record.facts)
     log.info(
         _FORMAT,
@@ -54,4 +57,5 @@ def log_connection(record: ConnectionRecord, ended: float) -> None:
         bytes_out=record.bytes_out,
         duration=max(0.0, ended - record.started),
         close_reason=record.close_reason or "closed",
+        outcome=metrics.outcome_of(record),
     )

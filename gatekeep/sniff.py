@@ -20,11 +20,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep import metrics
 from gatekeep.addresses import format_address
 from gatekeep.connlog import log_connection
 from gatekeep.failures import failure_bytes
 from gatekeep.interfaces import IDetector
 from gatekeep.routing import Selection, select_route
+from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
     ConnectionRecord,
     Inbound,
@@ -52,16 +54,19 @@ class ListenerRuntime:
     detectors: Mapping[str, IDetector]
     detect_timeout: float
     reactor: Any = attrs.field(repr=False)
+    #: Shared by every runtime of the process, so a graceful stop finds connections
+    #: accepted under any config generation.
+    tracker: ConnectionTracker | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def build(
         cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
-        detect_timeout: float, reactor: Any,
+        detect_timeout: float, reactor: Any, tracker: ConnectionTracker | None = None,
     ) -> ListenerRuntime:
         # Only the detectors this service's routes use run, in route order.
         wanted = [r.detector for r in service.routes if r.detector is not None]
         used = {d: all_detectors[d] for d in dict.fromkeys(wanted)}
-        return cls(name, service, used, detect_timeout, reactor)
+        return cls(name, service, used, detect_timeout, reactor, tracker)
 
 
 def run_detectors(
@@ -109,6 +114,9 @@ class SniffingProtocol(Protocol):
         self.record = ConnectionRecord(
             runtime.name, format_address(self.transport.getPeer()),  # type: ignore[union-attr]
             runtime.reactor.seconds())
+        metrics.connection_opened(runtime.name)
+        if runtime.tracker is not None:
+            runtime.tracker.opened(runtime.name, self)
         if not runtime.detectors:
             self._decide(final=True)
         else:
@@ -141,6 +149,7 @@ class SniffingProtocol(Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        metrics.detected(record.listener, self.runtime.reactor.seconds() - record.started)
         protocol, match = self._protocol_of(selection)
         record.protocol = protocol
         record.facts = match.facts if match is not None else {}
@@ -215,6 +224,8 @@ class SniffingProtocol(Protocol):
             record.close("client closed before detection")
         record.close(_reason_text(reason))
         log_connection(record, self.runtime.reactor.seconds())
+        if self.runtime.tracker is not None:
+            self.runtime.tracker.closed(self)
 
 
 def _reason_text(reason: Failure) -> str:

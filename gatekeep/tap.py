@@ -20,26 +20,40 @@ __all__ = ["Options", "load", "makeService"]
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--demo-port PORT]"
+    synopsis = "[--config FILE] [--demo-port PORT] [--log-format text|json]"
     longdesc = ("Listen, detect each connection's protocol and route it. Without --config, "
                 "run the embedded demo on localhost.")
     optParameters = [
         ["config", "c", None, "TOML config file (default: the embedded demo)"],
         ["demo-port", None, 8443, "port of the embedded demo (127.0.0.1 and ::1 only)", int],
+        ["log-format", None, "text", "text (human-readable) or json (one object per line)"],
     ]
 
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
 
-def load(options: Any) -> tuple[Config, Registry]:
+
+def load(options: Any, registry: Registry | None = None) -> tuple[Config, Registry]:
     """Load and validate the config the options name, or the demo's."""
     from gatekeep.config.loader import load_config, load_config_file
     from gatekeep.demo import demo_config_text
     from gatekeep.registry import load_registry
 
-    registry = load_registry()
+    registry = registry or load_registry()
     if options["config"]:
         return load_config_file(options["config"], registry), registry
     text = demo_config_text(options["demo-port"])
     return load_config(text, registry, source="(demo)"), registry
+
+
+def _log_observer(options: Any) -> Any:
+    if options["log-format"] != "json":
+        return None  # twistd's own text observer, with all its options
+    from gatekeep.logformat import observer_for
+
+    parent = getattr(options, "parent", None) or {}
+    return observer_for("json", parent.get("logfile"), bool(parent.get("nodaemon")))
 
 
 def makeService(options: Any) -> Any:
@@ -53,4 +67,6 @@ def makeService(options: Any) -> Any:
         # A bad config is the user's everyday mistake: show every error, no traceback.
         print(errors.render(), file=sys.stderr)
         raise SystemExit(1) from None
-    return GatekeepService(config, registry, reactor)
+    # SIGHUP re-reads the same file (or re-renders the demo) with the same plugins.
+    return GatekeepService(config, registry, reactor, loader=lambda: load(options, registry)[0],
+                           handle_signals=True, log_observer=_log_observer(options))

@@ -19,7 +19,14 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from gatekeep.config.errors import ConfigError, ConfigErrors
-from gatekeep.config.model import Config, ListenerConfig, RouteSettings, ServiceSettings
+from gatekeep.config.model import (
+    AdminConfig,
+    Config,
+    GlobalSettings,
+    ListenerConfig,
+    RouteSettings,
+    ServiceSettings,
+)
 from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_error
 from gatekeep.detectors._names import normalise_host
 from gatekeep.interfaces import ITarget
@@ -37,7 +44,8 @@ def _canonical_name(text: str) -> str | None:
     except ValueError:
         return normalise_host(text.rstrip(".")) if text else None
 
-_TOP_KEYS = ["listener", "service"]
+_TOP_KEYS = ["listener", "service", "admin", "drain_timeout"]
+_GLOBAL_KEYS = ["drain_timeout"]
 _SERVICE_KEYS = ["default", "route"]
 
 
@@ -79,6 +87,11 @@ class _Loader:
         for key in data:
             if key not in _TOP_KEYS:
                 self.errors.append(unknown_key_error("", key, _TOP_KEYS))
+        settings = load_table(
+            GlobalSettings, {k: v for k, v in data.items() if k in _GLOBAL_KEYS}, "",
+            self.errors)
+        admin = (load_table(AdminConfig, data["admin"], "admin", self.errors)
+                 if "admin" in data else None)
         listeners = self.listeners(data.get("listener"))
         services = self.services(data.get("service"))
         self.cross_check(listeners, services)
@@ -86,9 +99,13 @@ class _Loader:
             if (problem.group, problem.name) in self.used_plugins:
                 continue  # already reported as an error where it is used
             self.warnings.append(str(problem))
+        if admin is not None and admin.endpoint in {listener.endpoint for listener in listeners}:
+            self.error("admin.endpoint", "endpoint also used by a [[listener]]",
+                       "give the admin listener its own address")
         if self.errors:
             return None
-        return Config(tuple(listeners), services, source, tuple(self.warnings))
+        return Config(tuple(listeners), services, source, tuple(self.warnings), admin,
+                      settings)
 
     def listeners(self, raw: object) -> list[ListenerConfig]:
         if raw is None:

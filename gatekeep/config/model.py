@@ -19,7 +19,9 @@ from gatekeep.config.units import parse_duration
 from gatekeep.values import Service
 
 __all__ = [
+    "AdminConfig",
     "Config",
+    "GlobalSettings",
     "ListenerConfig",
     "RouteSettings",
     "ServiceSettings",
@@ -80,6 +82,33 @@ class ListenerConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """
+    ``[admin]``: the operator's listener, serving `/metrics` (Prometheus), `/status`
+    (a read-only HTML page) and `/health`. Bind it to loopback or a private address:
+    it has no authentication.
+    """
+
+    endpoint: str = setting(
+        "Twisted server endpoint string, e.g. `tcp:9100:interface=127.0.0.1`.",
+        parse=parse_server_endpoint,
+    )
+
+
+@attrs.frozen
+class GlobalSettings:
+    """Top-level keys (before any table)."""
+
+    drain_timeout: float = setting(
+        "On stop (SIGTERM, `systemctl stop`), listeners close at once and open "
+        "connections get this long to finish; those still open then are closed.",
+        default=30.0,
+        parse=_positive_duration,
+        shown='"30s"',
+    )
+
+
+@attrs.frozen
 class ServiceSettings:
     """``[service.NAME]``: an ordered list of routes with a default."""
 
@@ -114,3 +143,5 @@ class Config:
     services: Mapping[str, Service]
     source: str = ""
     warnings: tuple[str, ...] = ()
+    admin: AdminConfig | None = None
+    settings: GlobalSettings = attrs.field(factory=GlobalSettings)

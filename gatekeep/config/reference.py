@@ -11,7 +11,13 @@ from typing import Any
 
 import attrs
 
-from gatekeep.config.model import ListenerConfig, RouteSettings, ServiceSettings
+from gatekeep.config.model import (
+    AdminConfig,
+    GlobalSettings,
+    ListenerConfig,
+    RouteSettings,
+    ServiceSettings,
+)
 from gatekeep.config.schema import PLANNED, REQUIRED
 from gatekeep.registry import load_registry
 
@@ -50,6 +56,10 @@ def _table(cls: Any, skip: tuple[str, ...] = ()) -> list[str]:
 def reference() -> str:
     registry = load_registry()
     out = [_INTRO]
+    out += ["## Top level", "", (GlobalSettings.__doc__ or "").strip(), ""]
+    out += [*_table(GlobalSettings), ""]
+    out += ["## `[admin]`", "", " ".join((AdminConfig.__doc__ or "").split()), ""]
+    out += [*_table(AdminConfig), ""]
     out += ["## `[[listener]]`", "", (ListenerConfig.__doc__ or "").strip(), ""]
     out += [*_table(ListenerConfig), ""]
     out += ["## `[service.NAME]`", "", (ServiceSettings.__doc__ or "").strip(), ""]

@@ -32,7 +32,6 @@ REQUIRED = attrs.NOTHING
 #: rather than a setting silently ignored.
 PLANNED: Mapping[str, str] = {
     "workers": "multi-core workers (issue 9)",
-    "admin": "the admin listener (issue 10)",
     "access": "access rules (issue 7)",
     "shaper": "shapers (issue 7)",
     "http": "the HTTP reverse proxy (issue 6)",

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep import metrics
 from gatekeep.config.endpoints import client_endpoint_problem
 from gatekeep.config.schema import setting
 from gatekeep.failures import FailureKind, failure_bytes
@@ -88,12 +89,14 @@ class ClientSide(Protocol):
         self._connecting: defer.Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
         self._timed_out = False
+        self._started = 0.0
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         transport.pauseProducing()  # type: ignore[attr-defined]
         self.relay = relay = Relay(transport, self.inbound.record)
+        self._started = self.inbound.reactor.seconds()
         factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
         factory.noisy = False
         connecting = self.endpoint.connect(factory)
@@ -119,6 +122,9 @@ class ClientSide(Protocol):
     def _joined(self, backend: ITransport) -> None:
         self._connecting = None
         self._stopTimer()
+        inbound = self.inbound
+        metrics.backend_connected(inbound.listener, inbound.route.name,
+                                  inbound.reactor.seconds() - self._started)
         pending, self._pending = self._pending, []
         assert self.relay is not None
         self.relay.joined(backend, pending)
@@ -133,8 +139,11 @@ class ClientSide(Protocol):
         if self._timed_out or reason.check(error.TimeoutError):
             kind = "timeout"
             why = "backend connect timeout"
+            label = "timeout"
         else:
             why = f"backend unreachable: {reason.getErrorMessage()}"
+            label = "refused" if reason.check(error.ConnectionRefusedError) else "unreachable"
+        metrics.backend_connect_failed(self.inbound.listener, self.inbound.route.name, label)
         self.inbound.record.close(why)
         message = failure_bytes(self.inbound.detector, self.inbound.facts, kind)
         if message:

@@ -1,0 +1,96 @@
+"""
+Log output formats: twistd's human-readable text (the default) or JSON lines.
+
+``--log-format json`` writes one JSON object per line (not Twisted's own
+``jsonFileLogObserver``, whose record separators and serialised internals log
+shippers do not expect). Each line has ``time``, ``level``, ``namespace`` and
+the formatted ``message``, plus the event's own fields where they are plain
+data: a connection's final line therefore carries ``client``, ``listener``,
+``protocol``, ``facts``, ``route``, ``backend``, ``bytes_in``, ``bytes_out``,
+``duration``, ``close_reason`` and ``outcome`` by name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    eventAsText,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
+
+__all__ = ["FORMATS", "event_as_json", "observer_for"]
+
+FORMATS = ("text", "json")
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+# Keys that are presentation for the text line, or legacy-log internals.
+_NOT_FIELDS = frozenset({"format", "message", "system", "facts_text", "isError"})
+
+
+def _plain(value: object) -> Any:
+    """``value`` if it is JSON data (tuples become lists), else ``_SKIP``."""
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, list | tuple):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(i is _SKIP for i in items) else items
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return _SKIP
+        items_d = {k: _plain(v) for k, v in value.items()}
+        return _SKIP if any(v is _SKIP for v in items_d.values()) else items_d
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def event_as_json(event: LogEvent) -> str:
+    """One log event as a single line of JSON (with its newline)."""
+    level = event.get("log_level")
+    out: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time") or 0.0, UTC)
+        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    if "log_failure" in event:
+        out["traceback"] = eventAsText(event, includeTimestamp=False,
+                                       includeSystem=False).split("\n", 1)[-1]
+    for key, value in event.items():
+        if key.startswith("log_") or key in out or key in _NOT_FIELDS:
+            continue
+        shown = _plain(value)
+        if shown is not _SKIP:
+            out[key] = shown
+    return json.dumps(out, ensure_ascii=False, default=str) + "\n"
+
+
+def _json_observer(output: IO[str]) -> ILogObserver:
+    return FileLogObserver(output, event_as_json)
+
+
+def observer_for(log_format: str, logfile: str | None, nodaemon: bool) -> ILogObserver:
+    """
+    The observer twistd should start with: the same destination twistd would use
+    (stdout with ``-n`` and no ``--logfile``, or ``--logfile``), in our format.
+    """
+    output: IO[str]
+    if logfile == "-" or (nodaemon and not logfile):
+        output = sys.stdout
+    else:
+        output = LogFile.fromFullPath(logfile or "twistd.log")
+    if log_format == "json":
+        return _json_observer(output)
+    return textFileLogObserver(output)

@@ -1,0 +1,194 @@
+"""
+Prometheus metrics, served on the ``[admin]`` listener at ``/metrics``.
+
+Other modules report through the small functions below (``connection_ended``,
+``refused``, ``backend_connected``, ``tls_handshake``...) rather than touching
+prometheus-client objects, so a feature built elsewhere (access rules, TLS
+termination) needs one import and one call, and the metric names and labels stay
+in one place: CONFIG.md's contract.
+
+The metrics live in their own :class:`~prometheus_client.CollectorRegistry`
+(:data:`REGISTRY`), not the library's global one, so importing gatekeep into
+another program does not add gatekeep's series to that program's exposition.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from gatekeep import __version__
+from gatekeep.values import ConnectionRecord
+
+__all__ = [
+    "CONTENT_TYPE",
+    "REGISTRY",
+    "backend_connect_failed",
+    "backend_connected",
+    "connection_ended",
+    "connection_opened",
+    "connections_by_route",
+    "detected",
+    "exposition",
+    "outcome_of",
+    "refused",
+    "reloaded",
+    "tls_handshake",
+    "value",
+]
+
+# ``*_created`` series double the exposition and no dashboard reads them.
+disable_created_metrics()
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds: detection is usually sub-millisecond, but waits for slow clients and
+# server-speaks-first defaults (detect_timeout, 5 s by default).
+_DETECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CONNECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+CONNECTIONS = Counter(
+    "gatekeep_connections", "Connections that ended, by how they were routed and how they ended.",
+    ["listener", "route", "protocol", "outcome"], registry=REGISTRY)
+BYTES = Counter(
+    "gatekeep_bytes", "Bytes relayed: in = from clients, out = to clients (counted when a "
+    "connection ends).", ["listener", "route", "direction"], registry=REGISTRY)
+REFUSALS = Counter(
+    "gatekeep_refusals", "Connections refused before reaching a backend, by reason.",
+    ["listener", "reason"], registry=REGISTRY)
+RELOADS = Counter(
+    "gatekeep_reloads", "Config reloads: applied, or rejected (the old config kept serving).",
+    ["outcome"], registry=REGISTRY)
+LAST_RELOAD_OK = Gauge(
+    "gatekeep_config_last_reload_successful", "1 if the last reload was applied, 0 if rejected.",
+    registry=REGISTRY)
+DETECT_SECONDS = Histogram(
+    "gatekeep_detect_seconds", "Time from accept to the route decision.", ["listener"],
+    buckets=_DETECT_BUCKETS, registry=REGISTRY)
+OPEN = Gauge(
+    "gatekeep_connections_open", "Connections open now.", ["listener"], registry=REGISTRY)
+BACKEND_CONNECT_SECONDS = Histogram(
+    "gatekeep_backend_connect_seconds", "Time to connect to a backend (successful connects).",
+    ["listener", "route"], buckets=_CONNECT_BUCKETS, registry=REGISTRY)
+BACKEND_FAILURES = Counter(
+    "gatekeep_backend_connect_failures", "Backend connects that failed, by reason.",
+    ["listener", "route", "reason"], registry=REGISTRY)
+TLS_HANDSHAKES = Counter(
+    "gatekeep_tls_handshakes", "TLS handshakes gatekeep terminated, by outcome.",
+    ["listener", "route", "outcome"], registry=REGISTRY)
+TLS_HANDSHAKE_SECONDS = Histogram(
+    "gatekeep_tls_handshake_seconds", "Duration of TLS handshakes gatekeep terminated.",
+    ["listener", "route"], buckets=_CONNECT_BUCKETS, registry=REGISTRY)
+INFO = Gauge("gatekeep_info", "Always 1; the version as a label.", ["version"],
+             registry=REGISTRY)
+INFO.labels(__version__).set(1)
+LAST_RELOAD_OK.set(1)
+
+# Close reasons (see docs/operations.md) -> outcome label. Anything else that ends
+# a routed connection is "ok": the relay ran and one side closed or reset.
+_OUTCOMES = {
+    "no route": "no_route",
+    "client closed before detection": "abandoned",
+    "target error": "error",
+    "rejected": "rejected",
+    "responded": "responded",
+    "backend connect timeout": "backend_error",
+}
+
+
+def outcome_of(record: ConnectionRecord) -> str:
+    """
+    One word for how a connection ended: ``ok``, ``no_route``, ``abandoned``,
+    ``rejected``, ``responded``, ``backend_error``, ``refused``, ``error``.
+    """
+    reason = record.close_reason or ""
+    if reason.startswith("backend unreachable"):
+        return "backend_error"
+    if reason.startswith("refused"):
+        return "refused"
+    return _OUTCOMES.get(reason, "ok")
+
+
+def connection_opened(listener: str) -> None:
+    OPEN.labels(listener).inc()
+
+
+def connection_ended(record: ConnectionRecord) -> None:
+    """Count one finished connection (called with its log line)."""
+    route = record.route or "-"
+    outcome = outcome_of(record)
+    CONNECTIONS.labels(record.listener, route, record.protocol or "unknown", outcome).inc()
+    if record.bytes_in:
+        BYTES.labels(record.listener, route, "in").inc(record.bytes_in)
+    if record.bytes_out:
+        BYTES.labels(record.listener, route, "out").inc(record.bytes_out)
+    if outcome == "no_route":
+        REFUSALS.labels(record.listener, "no_route").inc()
+    OPEN.labels(record.listener).dec()
+
+
+def refused(listener: str, reason: str) -> None:
+    """
+    A connection refused before routing (access rule, connection limit, PROXY
+    header missing or untrusted...). ``reason`` is a short, fixed word such as
+    ``access``, ``max_connections``, ``rate``, ``proxy_untrusted``: never a client's
+    address or bytes, which would make the label set unbounded.
+    """
+    REFUSALS.labels(listener, reason).inc()
+
+
+def detected(listener: str, seconds: float) -> None:
+    DETECT_SECONDS.labels(listener).observe(max(0.0, seconds))
+
+
+def backend_connected(listener: str, route: str, seconds: float) -> None:
+    BACKEND_CONNECT_SECONDS.labels(listener, route).observe(max(0.0, seconds))
+
+
+def backend_connect_failed(listener: str, route: str, reason: str) -> None:
+    """``reason``: ``timeout``, ``refused`` or ``unreachable``."""
+    BACKEND_FAILURES.labels(listener, route, reason).inc()
+
+
+def tls_handshake(listener: str, route: str, outcome: str, seconds: float | None = None) -> None:
+    """
+    A TLS handshake gatekeep terminated: ``outcome`` is ``ok`` or a short failure
+    word (``failed``, ``no_certificate``, ``client_certificate``...).
+    """
+    TLS_HANDSHAKES.labels(listener, route, outcome).inc()
+    if seconds is not None and outcome == "ok":
+        TLS_HANDSHAKE_SECONDS.labels(listener, route).observe(max(0.0, seconds))
+
+
+def reloaded(applied: bool) -> None:
+    RELOADS.labels("applied" if applied else "rejected").inc()
+    LAST_RELOAD_OK.set(1 if applied else 0)
+
+
+def exposition() -> bytes:
+    """The text format Prometheus scrapes."""
+    return generate_latest(REGISTRY)
+
+
+def value(name: str, **labels: str) -> float:
+    """The current value of one series (0 if it does not exist yet); for tests and /status."""
+    found = REGISTRY.get_sample_value(name, labels)
+    return found if found is not None else 0.0
+
+
+def connections_by_route() -> dict[tuple[str, str], int]:
+    """Finished connections per (listener, route), all protocols and outcomes."""
+    totals: dict[tuple[str, str], int] = {}
+    for family in CONNECTIONS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = (sample.labels["listener"], sample.labels["route"])
+                totals[key] = totals.get(key, 0) + int(sample.value)
+    return totals

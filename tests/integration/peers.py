@@ -333,14 +333,17 @@ class Gatekeep:
     """A running ``twistd -n gatekeep``, its listeners' addresses and its log lines."""
 
     def __init__(self, argv: Sequence[str | Path], workdir: Path, listeners: Sequence[str],
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, env: dict[str, str] | None = None,
+                 pass_fds: Sequence[int] = ()) -> None:
         self.argv = [str(a) for a in argv]
         self.workdir = workdir
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)  # never tell a real systemd that we are ready
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        environ.pop("NOTIFY_SOCKET", None)  # never tell a real systemd that we are ready
+        environ.update(env or {})
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True)
+            stderr=subprocess.STDOUT, cwd=workdir, env=environ, start_new_session=True,
+            pass_fds=tuple(pass_fds))
         self.log = LineReader(self.proc, workdir / "gatekeep.log")
         self.addresses: dict[str, str] = {}
         try:

@@ -87,9 +87,9 @@ def test_socket_activation_and_notify(tmp_path: Path, echo: EchoServer) -> None:
     config = tmp_path / "gatekeep.toml"
     config.write_text(FORWARD.format(drain="5s", endpoint="systemd:domain=INET:index=0",
                                      echo=echo.port))
-    argv: list[str | Path] = [sys.executable, HERE / "sd_activate.py", str(listening.fileno()),
-                              "https", "--",
-            twistd(), "-n", "--pidfile=", "gatekeep", "--config", config]
+    argv: list[str | Path] = [
+        sys.executable, HERE / "sd_activate.py", str(listening.fileno()), "https", "--",
+        twistd(), "-n", "--pidfile=", "gatekeep", "--config", config]
     gatekeep = Gatekeep(argv, tmp_path, ["public"], env={"NOTIFY_SOCKET": str(notify.path)},
                         pass_fds=[listening.fileno()])
     try:

@@ -32,6 +32,7 @@ __all__ = [
     "Result",
     "TLSResult",
     "chromium_dump_dom",
+    "chromium_screenshot",
     "curl",
     "require",
     "run",
@@ -211,6 +212,22 @@ def chromium_dump_dom(url: str, resolve: str, home: Path, timeout: float = 90.0)
         "--disable-sync", f"--user-data-dir={profile}",
         f"--host-resolver-rules={resolve}, MAP * ~NOTFOUND",
         "--ignore-certificate-errors", "--dump-dom", url,
+    ]
+    return run(argv, timeout=timeout, env=env)
+
+
+def chromium_screenshot(url: str, png: Path, home: Path, resolve: str, size: str = "1100,900",
+                        timeout: float = 90.0) -> Result:
+    """``chromium --headless --screenshot=PNG URL``; names resolve only as ``resolve`` maps."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_CACHE_HOME": str(home / "cache")}
+    argv = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--hide-scrollbars", f"--user-data-dir={home / 'profile'}",
+        f"--host-resolver-rules={resolve}, MAP * ~NOTFOUND", f"--window-size={size}",
+        f"--screenshot={png}", url,
     ]
     return run(argv, timeout=timeout, env=env)
 

@@ -67,9 +67,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gatekeep
         # The JSON startup line names the listener and its address.
         found: dict[str, str] = {}
         for name in ("public", "internal"):
-            line = gatekeep.log.wait_for(
-                lambda t, n=name: json.loads(t).get("listener") == n and "address" in t,
-                what=f"listener {name} listening")
+            def listening(text: str, name: str = name) -> bool:
+                event = json.loads(text)
+                return bool(event.get("listener") == name and "address" in event)
+
+            line = gatekeep.log.wait_for(listening, what=f"listener {name} listening")
             found[name] = json.loads(line)["address"]
         gatekeep.addresses.update(found)
         yield gatekeep, admin

@@ -45,7 +45,7 @@ def route_table(config: Config) -> str:
     width = max((len(listener.name) for listener in config.listeners), default=0)
     for listener in config.listeners:
         timeout = format_duration(listener.detect_timeout)
-        lines.append(f"  {listener.name:<{width}}  {listener.endpoint}  -> service "
+        lines.append(f"  {listener.name:<{width}}  {listener.where}  -> service "
                      f"{listener.service} (detect_timeout {timeout})")
     lines.append("services:")
     for service in config.services.values():

@@ -54,7 +54,7 @@ def explain(config: Config, registry: Registry, listener_name: str, data: bytes)
     runtime = ListenerRuntime.build(listener.name, service, registry.detectors,
                                     listener.detect_timeout, reactor=None)
     prefix = data[:SNIFF_CAP]
-    lines = [f"listener {listener.name} ({listener.endpoint}) -> service {service.name}; "
+    lines = [f"listener {listener.name} ({listener.where}) -> service {service.name}; "
              f"{len(data)} bytes of input" + (f", first {SNIFF_CAP} used" if len(data) > SNIFF_CAP
                                               else "")]
 

@@ -10,11 +10,14 @@ new file is loaded off the reactor thread, every new endpoint is bound, and only
 then is anything changed. A listener is identified by its endpoint string: while
 that stays the same, its socket stays open and only its runtime (service, routes,
 detectors, timeout) is swapped, which new connections pick up; connections
-already accepted keep the runtime they started with until they end.
+already accepted keep the runtime they started with until they end. An onion
+listener is identified by its key_dir, and keeps its tor unless its tor settings
+changed.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -108,14 +111,31 @@ class PortService(Service):
         return None
 
 
+def listener_identity(listener: ListenerConfig) -> str:
+    """What makes a listener the same one across a reload: its endpoint, or onion key."""
+    if listener.tor is not None:
+        return "onion:" + os.path.normpath(listener.tor.key_dir)
+    assert listener.endpoint is not None
+    return listener.endpoint
+
+
 class ListenerService(PortService):
     """Listens on one ``[[listener]]`` endpoint and feeds the sniffing chain."""
 
     def __init__(self, listener: ListenerConfig, factory: SniffingFactory, reactor: Any) -> None:
-        super().__init__(listener.endpoint, factory, reactor)
+        super().__init__(self.endpoint_of(listener), factory, reactor)
         self.listener = listener
         self.sniffing = factory
         self.label = f"listener {listener.name}"
+
+    @staticmethod
+    def endpoint_of(listener: ListenerConfig) -> str:
+        assert listener.endpoint is not None
+        return listener.endpoint
+
+    @property
+    def identity(self) -> str:
+        return listener_identity(self.listener)
 
     def announce(self, address: str) -> None:
         log.info("listener {listener} listening on {address} (service {service})",
@@ -177,6 +197,10 @@ class GatekeepService(MultiService):
 
     def _listener_service(self, listener: ListenerConfig, config: Config) -> ListenerService:
         factory = SniffingFactory(self._runtime(listener, config))
+        if listener.tor is not None:
+            from gatekeep.onion.listener import OnionListenerService
+
+            return OnionListenerService(listener, factory, self.reactor)
         return ListenerService(listener, factory, self.reactor)
 
     def _admin_service(self, endpoint: str) -> AdminService:
@@ -282,11 +306,11 @@ class GatekeepService(MultiService):
 
     def apply(self, config: Config) -> None:
         """Switch to ``config`` now, or raise :class:`ReloadError` having changed nothing."""
-        old = {service.endpoint: service for service in self.listeners()}
+        old = {service.identity: service for service in self.listeners()}
         keep: list[tuple[ListenerService, ListenerConfig]] = []
         new: list[ListenerService] = []
         for listener in config.listeners:
-            service = old.pop(listener.endpoint, None)
+            service = old.pop(listener_identity(listener), None)
             if service is not None:
                 keep.append((service, listener))
             else:
@@ -338,7 +362,7 @@ class GatekeepService(MultiService):
         totals = metrics.connections_by_route()
         config = self.config
         listeners = tuple(
-            ListenerStatus(s.listener.name, s.endpoint, s.address(), s.listener.service,
+            ListenerStatus(s.listener.name, s.listener.where, s.address(), s.listener.service,
                            self.tracker.count(s.listener.name),
                            self.tracker.total_accepted[s.listener.name])
             for s in self.listeners())

@@ -8,10 +8,17 @@ never run) is the only way to be sure ``gatekeep check`` accepts exactly what
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactorClock
 
-__all__ = ["client_endpoint_problem", "server_endpoint_problem"]
+__all__ = [
+    "client_endpoint_problem",
+    "server_endpoint_problem",
+    "split_endpoint",
+    "tor_endpoint_problem",
+]
 
 
 def _problem(kind: str, description: str, error: Exception) -> str:
@@ -55,4 +62,68 @@ def client_endpoint_problem(description: str) -> str | None:
         clientFromString(MemoryReactorClock(), description)
     except Exception as error:  # noqa: BLE001 - parsers raise anything
         return _problem("client", description, error)
+    if description.split(":", 1)[0].strip().lower() == "tor":
+        return tor_endpoint_problem(description)
+    return None
+
+
+def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    An endpoint string's positional and keyword arguments, split as Twisted does: on
+    colons, at the first ``=`` of a part, where neither is escaped with a backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    part: list[str] = []
+    key: str | None = None
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            part.append(next(chars, ""))
+        elif char == ":":
+            _keep(args, kwargs, key, "".join(part))
+            part, key = [], None
+        elif char == "=" and key is None:
+            key, part = "".join(part), []
+        else:
+            part.append(char)
+    _keep(args, kwargs, key, "".join(part))
+    return args, kwargs
+
+
+def _keep(args: list[str], kwargs: dict[str, str], key: str | None, text: str) -> None:
+    if key is None:
+        args.append(text)
+    else:
+        kwargs[key] = text
+
+
+def tor_endpoint_problem(description: str) -> str | None:
+    """
+    What txtorcon's ``tor:`` parser accepts but its connect would then fail on.
+
+    Found by reading txtorcon 26.6: with ``socksPort`` and no ``socksHostname`` it
+    connects to host None; SOCKS credentials raise at connect; its SOCKS connection
+    is IPv4 only.
+    """
+    _, kwargs = split_endpoint(description)
+    where = f"bad client endpoint string {description!r}: "
+    if "socksUsername" in kwargs or "socksPassword" in kwargs:
+        return where + ("txtorcon cannot send SOCKS credentials yet (every connect would "
+                        "fail); remove socksUsername/socksPassword")
+    socks_host = kwargs.get("socksHostname")
+    if "socksPort" in kwargs and socks_host is None:
+        return where + ("socksPort needs socksHostname too (txtorcon would connect to no "
+                        "host); add :socksHostname=127.0.0.1")
+    if socks_host is not None:
+        if "socksPort" not in kwargs:
+            return where + ("socksHostname needs socksPort too (without it txtorcon "
+                            "ignores the host and tries 127.0.0.1:9050 and :9150)")
+        try:
+            is_v6 = ipaddress.ip_address(socks_host).version == 6
+        except ValueError:
+            is_v6 = False
+        if is_v6 or not socks_host:
+            return where + ("socksHostname must be an IPv4 address or a host name: "
+                            "txtorcon reaches tor's SOCKS port over IPv4 only")
     return None

@@ -9,6 +9,7 @@ bad file: the only exception that leaves is :class:`ConfigErrors`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from gatekeep.config.model import (
     ServiceSettings,
 )
 from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_error
+from gatekeep.config.tor import TorSettings, tor_problems
 from gatekeep.detectors._names import normalise_host
 from gatekeep.interfaces import ITarget
 from gatekeep.registry import DETECTORS, TARGETS, Registry
@@ -71,6 +73,16 @@ def load_config(text: str, registry: Registry, source: str = "") -> Config:
     if loader.errors or config is None:
         raise ConfigErrors(loader.errors, source)
     return config
+
+
+def _exclusive(listener: ListenerConfig) -> list[tuple[str, str]]:
+    """(key, value) of what no two listeners may share: endpoints, onion directories."""
+    if listener.tor is None:
+        return [("endpoint", listener.endpoint)] if listener.endpoint else []
+    tor = listener.tor
+    dirs = [("tor.key_dir", tor.key_dir)] + ([("tor.data_dir", tor.data_dir)]
+                                           if tor.data_dir else [])
+    return [(key, "dir:" + os.path.normpath(value)) for key, value in dirs]
 
 
 @attrs.define
@@ -118,10 +130,37 @@ class _Loader:
             return []
         result: list[ListenerConfig] = []
         for index, table in enumerate(raw):
-            listener = load_table(ListenerConfig, table, key_path("listener", index), self.errors)
-            if listener is not None:
-                result.append(listener)
+            path = key_path("listener", index)
+            plain, tor = table, None
+            if isinstance(table, dict) and "tor" in table:
+                plain = {k: v for k, v in table.items() if k != "tor"}
+                tor = self.tor(table["tor"], key_path(path, "tor"))
+                if tor is None:
+                    continue
+            listener = load_table(ListenerConfig, plain, path, self.errors, tor=tor)
+            if listener is None:
+                continue
+            if listener.endpoint is None and tor is None:
+                self.error(key_path(path, "endpoint"), "missing required key",
+                           'e.g. endpoint = "tcp:443"; or, for an onion service, a '
+                           "[listener.tor] table")
+                continue
+            if listener.endpoint is not None and tor is not None:
+                self.error(path, "impossible combination: both `endpoint` and a "
+                           "[listener.tor] table",
+                           "keep one: a listener listens on an endpoint or is an onion service")
+                continue
+            result.append(listener)
         return result
+
+    def tor(self, table: object, path: str) -> TorSettings | None:
+        before = len(self.errors)
+        settings: TorSettings | None = load_table(TorSettings, table, path, self.errors)
+        if settings is None:
+            return None
+        for key, problem, fix in tor_problems(settings):
+            self.error(key_path(path, key), problem, fix)
+        return settings if len(self.errors) == before else None
 
     def services(self, raw: object) -> dict[str, Service]:
         if raw is None:
@@ -306,10 +345,14 @@ class _Loader:
             if listener.name in names:
                 self.error(key_path(path, "name"), f"duplicate listener name '{listener.name}'")
             names.add(listener.name)
-            if listener.endpoint in endpoints:
-                self.error(key_path(path, "endpoint"),
-                           f"endpoint also used by listener '{endpoints[listener.endpoint]}'")
-            endpoints.setdefault(listener.endpoint, listener.name)
+            for key, value in _exclusive(listener):
+                if value in endpoints:
+                    self.error(key_path(key_path(path, key.partition(".")[0]),
+                                        key.partition(".")[2]) if "." in key
+                               else key_path(path, key),
+                               f"{key.rpartition('.')[2]} also used by listener "
+                               f"'{endpoints[value]}'")
+                endpoints.setdefault(value, listener.name)
             used.add(listener.service)
             if listener.service not in services and not any(
                 e.path.startswith(key_path("service", listener.service)) for e in self.errors

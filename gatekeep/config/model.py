@@ -15,6 +15,7 @@ import attrs
 
 from gatekeep.config.endpoints import server_endpoint_problem
 from gatekeep.config.schema import setting
+from gatekeep.config.tor import TorSettings
 from gatekeep.config.units import parse_duration
 from gatekeep.values import Service
 
@@ -44,6 +45,11 @@ def parse_name(value: object) -> str:
 def parse_server_endpoint(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("expected an endpoint string such as \"tcp:443\"")
+    if value.split(":", 1)[0].strip().lower() == "onion":
+        # txtorcon's onion: endpoint would publish a service whose clients all look like
+        # 127.0.0.1, and make start-up wait for tor.
+        raise ValueError("onion services are declared with a [listener.tor] table, not an "
+                         "onion: endpoint (see the config reference)")
     problem = server_endpoint_problem(value)
     if problem:
         raise ValueError(
@@ -65,10 +71,13 @@ class ListenerConfig:
     """``[[listener]]``: where gatekeep accepts connections and which service detects them."""
 
     name: str = setting("Unique name of the listener; used in logs and metrics.", parse=parse_name)
-    endpoint: str = setting(
+    endpoint: str | None = setting(
         "Twisted server endpoint string: `tcp:443`, `tcp6:443:interface=\\:\\:`, "
-        "`unix:/run/gk.sock`, ...",
+        "`unix:/run/gk.sock`, ... A listener has exactly one of `endpoint` or a "
+        "`[listener.tor]` table.",
+        default=None,
         parse=parse_server_endpoint,
+        shown="required unless `[listener.tor]`",
     )
     service: str = setting("The `[service.X]` whose routes this listener uses.", parse=parse_name)
     detect_timeout: float = setting(
@@ -79,6 +88,15 @@ class ListenerConfig:
         parse=_positive_duration,
         shown='"5s"',
     )
+    #: ``[listener.tor]``: an onion service instead of ``endpoint`` (loaded on its own).
+    tor: TorSettings | None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def where(self) -> str:
+        """The endpoint, or the onion ports, for route tables and messages."""
+        if self.tor is not None:
+            return "onion:" + ",".join(map(str, self.tor.ports))
+        return self.endpoint or "-"
 
 
 @attrs.frozen

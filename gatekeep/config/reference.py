@@ -7,6 +7,7 @@ a test fails when the committed file differs from what this prints.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import attrs
@@ -19,6 +20,7 @@ from gatekeep.config.model import (
     ServiceSettings,
 )
 from gatekeep.config.schema import PLANNED, REQUIRED
+from gatekeep.config.tor import TorSettings
 from gatekeep.registry import load_registry
 
 __all__ = ["reference"]
@@ -34,6 +36,15 @@ Sizes are strings like `"64KiB"`, durations like `"500ms"`, `"5s"`, `"2m"`, `"1h
 Every address is a Twisted endpoint string; escape IPv6 colons in a TOML literal
 string: `'tcp6:443:interface=\\:\\:'`. Unknown keys are errors, with a suggestion.
 """
+
+_ONION_NOTE = """\
+Onion clients all reach gatekeep through tor on the loopback interface, so tor is told
+to send a PROXY v1 line per stream (`HiddenServiceExportCircuitID haproxy`): the client
+address an onion connection gets in logs is `[fc00:dead:beef:4dad::ID]:PORT`, built from
+tor's circuit ID, so two circuits are two clients. The line is consumed before
+detection; a stream without it is refused. `gatekeep check` validates these keys, finds
+the tor program and checks the client-auth lines; tor itself is only contacted by
+`twistd gatekeep`. See docs/recipes/onion.md."""
 
 
 def _default(field: Any) -> str:
@@ -62,6 +73,8 @@ def reference() -> str:
     out += [*_table(AdminConfig), ""]
     out += ["## `[[listener]]`", "", (ListenerConfig.__doc__ or "").strip(), ""]
     out += [*_table(ListenerConfig), ""]
+    out += ["### `[listener.tor]`", "", inspect.cleandoc(TorSettings.__doc__ or ""), ""]
+    out += [*_table(TorSettings), "", _ONION_NOTE, ""]
     out += ["## `[service.NAME]`", "", (ServiceSettings.__doc__ or "").strip(), ""]
     out += [*_table(ServiceSettings), ""]
     out += [

@@ -46,7 +46,6 @@ PLANNED: Mapping[str, str] = {
     "per_ip_prefix_v6": "connection limits (issue 7)",
     "idle_timeout": "timeouts (issue 7)",
     "max_lifetime": "timeouts (issue 7)",
-    "tor": "onion-service listeners (issue 8)",
     "terminate": "TLS termination (issue 4)",
 }
 

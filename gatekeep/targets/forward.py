@@ -55,7 +55,10 @@ class ForwardTarget:
 
     to: str = setting(
         "Client endpoint string of the backend: `tcp:HOST:PORT`, `unix:PATH`, "
-        "`tls:NAME:PORT:endpoint=...`; any Twisted client endpoint.",
+        "`tls:NAME:PORT:endpoint=...`, "
+        "`tor:HOST:PORT:socksHostname=127.0.0.1:socksPort=9050` (through a tor's SOCKS "
+        "port, to an onion or clear-web backend; without socksHostname/socksPort txtorcon "
+        "tries 127.0.0.1:9050 then 9150); any Twisted client endpoint.",
         parse=_client_endpoint,
     )
     # Parsed endpoints per reactor: parsing per connection would cost more than

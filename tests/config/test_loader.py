@@ -111,7 +111,8 @@ def test_bad_endpoint_string(registry: Registry) -> None:
 
 def test_missing_required_key(registry: Registry) -> None:
     error = one_error(GOOD.replace('endpoint = "tcp:8443"\n', ""), registry)
-    assert error == "listener[0].endpoint: missing required key"
+    assert error.startswith("listener[0].endpoint: missing required key\n    fix: ")
+    assert "[listener.tor]" in error
 
 
 def test_dangling_service_and_route(registry: Registry) -> None:

@@ -31,6 +31,7 @@ from tests.integration.peers import (
     start_web,
 )
 from tests.integration.process import PeerError
+from tests.integration.tornet import OfflineTor, Tornet, start_offline_tor, start_tornet
 
 GatekeepRunner = Callable[[str, list[str]], Gatekeep]
 T = TypeVar("T")
@@ -92,6 +93,28 @@ def sshd(peers_dir: Path) -> Iterator[Sshd]:
 @pytest.fixture(scope="session")
 def banner_server(peers_dir: Path) -> Iterator[BannerServer]:
     started = start_banner_server(peers_dir / "banner")
+    yield started
+    started.peer.stop()
+
+
+@pytest.fixture(scope="session")
+def tornet(peers_dir: Path) -> Iterator[Tornet]:
+    """A private Tor network on loopback, shared by the session (15-40 s to start)."""
+    require("tor")
+    require("tor-gencert")
+    attempts = iter(range(3))
+    started = _started(lambda: start_tornet(peers_dir / f"tornet{next(attempts)}"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def offline_tor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineTor]:
+    """A tor with DisableNetwork 1: its control port works, it never goes online."""
+    require("tor")
+    root = tmp_path_factory.mktemp("offline-tor")
+    attempts = iter(range(3))
+    started = _started(lambda: start_offline_tor(root / str(next(attempts))))
     yield started
     started.peer.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,10 @@ ADDRESS = "b" * 56
 class OnionListenerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.key_dir = Path(self.mktemp())
+        # Not trial's mktemp(): under pytest it writes into the working tree.
+        scratch = tempfile.mkdtemp(prefix="gatekeep-onion-test-")
+        self.addCleanup(shutil.rmtree, scratch, True)
+        self.key_dir = Path(scratch) / "onion"
         self.protocols: list[FakeControlProtocol] = []
         self.outcomes: list[Any] = []  # what each connect attempt does, in order
         tor = TorSettings(ports=(80, 5222), key_dir=str(self.key_dir),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -107,9 +108,23 @@ class Relay:
     def backend_lost(self, reason: Failure) -> None:
         self.backend_gone = True
         if not self.client_gone:
-            self.record.close("backend closed" if self.backend_eof else "backend reset")
+            clean = self.backend_eof or _ended_cleanly(reason)
+            self.record.close("backend closed" if clean else "backend reset")
             self.client.unregisterProducer()
             self.client.loseConnection()
+
+
+def _ended_cleanly(reason: Failure) -> bool:
+    """
+    A plain close (FIN) by a backend whose transport cannot half-close, also when a
+    wrapping protocol reports it as its own error around the original Failure (txtorcon's
+    SOCKS client does, for ``tor:`` backends).
+    """
+    if reason.check(ConnectionDone):
+        return True
+    args = getattr(reason.value, "args", ())
+    inner = args[0] if args else None
+    return isinstance(inner, Failure) and inner.check(ConnectionDone) is not None
 
 
 @implementer(IHalfCloseableProtocol)

@@ -24,6 +24,8 @@ class TorControlClient:
                  cookie: bytes | None = None, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = b""
+        #: Asynchronous events (650 lines) seen so far, after SETEVENTS.
+        self.events: list[str] = []
         if password is not None:
             escaped = password.replace("\\", "\\\\").replace('"', '\\"')
             self.command(f'AUTHENTICATE "{escaped}"')
@@ -48,7 +50,8 @@ class TorControlClient:
         while True:
             reply = self._line()
             if reply.startswith("650"):
-                continue  # asynchronous events are not replies
+                self.events.append(reply[4:])  # asynchronous events are not replies
+                continue
             status, kind, text = reply[:3], reply[3:4], reply[4:]
             if not status.startswith("2"):
                 raise ControlError(f"{line.split(' ', 1)[0]}: {reply}")

@@ -44,7 +44,7 @@ class ForwardThroughTorTests(SynchronousTestCase):
     def socks_side(self) -> tuple[Any, StringTransport]:
         [(host, port, factory, _timeout, _bind)] = self.reactor.tcpClients
         self.assertEqual((host, port), ("127.0.0.1", 9050))  # tor's SOCKS port, nothing else
-        socks = factory.buildProtocol(IPv4Address("TCP", host, port))
+        socks: Any = factory.buildProtocol(IPv4Address("TCP", host, port))
         wire = StringTransport()
         socks.makeConnection(wire)
         return socks, wire

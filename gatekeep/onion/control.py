@@ -124,14 +124,15 @@ class TorControl:
         await self.command("TAKEOWNERSHIP")
         await self.command("RESETCONF __OwningControllerProcess")
 
-    async def publish(self, key_dir: str, ports: Sequence[int], target: str) -> None:
+    async def publish(self, key_dir: str, ports: Sequence[int], target: str,
+                      group_readable: bool = False) -> None:
         """
         Add (or replace) the onion service in ``key_dir``, keeping every other one.
 
         tor's own warnings while it applies the change go into the error: its reply
         alone only says "Failed to configure rendezvous options".
         """
-        ours = gatekeep_service(key_dir, ports, target)
+        ours = gatekeep_service(key_dir, ports, target, group_readable)
         await self._change(lambda groups: [*without(groups, key_dir), ours])
 
     async def unpublish(self, key_dir: str) -> None:

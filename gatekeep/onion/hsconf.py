@@ -57,13 +57,20 @@ def parse_hidden_services(text: str) -> list[HiddenService]:
     return groups
 
 
-def gatekeep_service(directory: str, ports: Sequence[int], target: str) -> HiddenService:
+def gatekeep_service(directory: str, ports: Sequence[int], target: str,
+                     group_readable: bool = False) -> HiddenService:
     """
     Our group: every virtual port to one local target, with a PROXY v1 line per stream
     (``HiddenServiceExportCircuitID haproxy``) naming the rendezvous circuit.
+
+    ``group_readable``: tor makes the directory and the ``hostname`` file readable by
+    its group (the secret key stays private to tor), so a gatekeep in tor's group (as
+    for the control cookie) can read the address of a service a system tor owns.
     """
     options = [("HiddenServicePort", f"{port} {target}") for port in ports]
     options += [("HiddenServiceVersion", "3"), ("HiddenServiceExportCircuitID", "haproxy")]
+    if group_readable:
+        options.append(("HiddenServiceDirGroupReadable", "1"))
     return HiddenService(directory, tuple(options))
 
 

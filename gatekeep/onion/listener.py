@@ -143,7 +143,9 @@ class OnionListenerService(ListenerService):
                                          tor.control_cookie)
         self._control = control
         lost = control.when_lost().addCallback(lambda _: "the connection to tor closed")
-        await control.publish(tor.key_dir, tor.ports, self.target)
+        # A running tor is often another user: let its group (gatekeep's, for the control
+        # cookie) read the address. A tor we launch is us.
+        await control.publish(tor.key_dir, tor.ports, self.target, group_readable=not tor.launches)
         self.onion_address = read_hostname(tor.key_dir)
         log.info("listener {listener}: onion address {address} (ports {ports} -> {target}), "
                  "tor {version}{auth}; publishing", listener=name, address=self.onion_address,

@@ -113,7 +113,10 @@ def test_running_tor_publishes_beside_others_and_keeps_its_address(
         assert hidden_services(offline_tor) == [*other_service, f"HiddenServiceDir={key_dir}",
             f"HiddenServicePort=80 127.0.0.1:{target}",
             f"HiddenServicePort=5222 127.0.0.1:{target}",
-            "HiddenServiceVersion=3", "HiddenServiceExportCircuitID=haproxy"]
+            "HiddenServiceVersion=3", "HiddenServiceExportCircuitID=haproxy",
+            "HiddenServiceDirGroupReadable=1"]
+        assert (key_dir / "hostname").stat().st_mode & 0o777 == 0o640  # the secret key: 0600
+        assert (key_dir / "hs_ed25519_secret_key").stat().st_mode & 0o777 == 0o600
     finally:
         gatekeep.stop()
     assert gatekeep.problems() == []

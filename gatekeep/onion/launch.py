@@ -56,7 +56,9 @@ class _TorProcess(ProcessProtocol):
         self.listener = listener
         self.lines: deque[str] = deque(maxlen=60)
         self.ready: defer.Deferred[str] = defer.Deferred()
-        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        #: Fires (with None) when tor has exited; ``reason`` then says how.
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.reason: Failure | None = None
         self._partial = b""
 
     def outReceived(self, data: bytes) -> None:
@@ -77,7 +79,8 @@ class _TorProcess(ProcessProtocol):
         if not self.ready.called:
             self.ready.errback(TorError(f"tor exited before opening its control port "
                                         f"({_exit_text(reason)}){self.problems()}"))
-        self.ended.callback(reason)
+        self.reason = reason
+        self.ended.callback(None)
 
     def problems(self) -> str:
         """tor's warnings and errors so far, for an error message."""
@@ -112,6 +115,15 @@ class LaunchedTor:
         pid: int | None = self.transport.pid
         return pid
 
+    async def exit_reason(self, otherwise: str, wait: float = 5.0) -> str:
+        """Why the control connection closed: tor's exit if it exits soon, else ``otherwise``."""
+        try:
+            await _observe(self.process.ended).addTimeout(wait, self.reactor)
+        except defer.TimeoutError:
+            return otherwise
+        assert self.process.reason is not None
+        return f"tor exited ({_exit_text(self.process.reason)}){self.process.problems()}"
+
     async def stop(self, timeout: float = 10.0) -> None:
         """TERM tor (KILL it after ``timeout``), wait for it, remove a temporary data dir."""
         self.control.close()
@@ -124,18 +136,25 @@ async def _terminate(process: _TorProcess, transport: Any, reactor: Any,
                      timeout: float) -> None:
     if process.ended.called:
         return
-    ended: defer.Deferred[None] = defer.Deferred()
-
-    def notify(result: Any) -> Any:
-        ended.callback(None)
-        return result
-
-    process.ended.addBoth(notify)
+    ended = _observe(process.ended)
     _signal(transport, "TERM")
     timer = reactor.callLater(timeout, _signal, transport, "KILL")
     await ended
     if timer.active():
         timer.cancel()
+
+
+def _observe(source: defer.Deferred[None]) -> defer.Deferred[None]:
+    """A Deferred firing when ``source`` does, leaving ``source`` as it is."""
+    copy: defer.Deferred[None] = defer.Deferred()
+
+    def notify(result: None) -> None:
+        if not copy.called:
+            copy.callback(None)
+        return result
+
+    source.addCallback(notify)
+    return copy
 
 
 def _signal(transport: Any, name: str) -> None:

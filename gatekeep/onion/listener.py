@@ -116,8 +116,7 @@ class OnionListenerService(ListenerService):
                 failures = 0
                 why = await lost
                 if self._launched is not None:
-                    why = "tor exited" + self._launched.process.problems() \
-                        if self._launched.process.ended.called else why
+                    why = await self._launched.exit_reason(why)
             except TorError as error:
                 why = str(error)
             if not self.running:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from tests.integration.clients import tcp_exchange
 from tests.integration.peers import Gatekeep, start_gatekeep
 from tests.integration.process import free_port, wait_until
-from tests.integration.tornet import OfflineTor, tor_wrapper
+from tests.integration.tornet import OfflineTor, start_offline_tor, tor_wrapper
 
 pytestmark = pytest.mark.slow
 
@@ -258,3 +259,46 @@ def test_client_auth_file_gatekeep_did_not_write(tmp_path: Path) -> None:
     finally:
         gatekeep.stop()
     assert "holds mallory.auth, which client_auth does not list" in error, error
+
+
+def test_a_restarted_tor_gets_the_service_again(tmp_path: Path) -> None:
+    tor = start_offline_tor(tmp_path / "tor")
+    key_dir = tmp_path / "onion"
+    control = f'control = "tcp:127.0.0.1:{tor.control_port}"\ncontrol_password = "{tor.password}"'
+    gatekeep = run(tmp_path / "gk", key_dir, control)
+    try:
+        address, _ = address_of(gatekeep)
+        mark = gatekeep.mark()
+        tor = tor.restart()  # the service was only in that tor's memory: gone now
+        error = gatekeep.log.wait_for(lambda t: "onion service down:" in t, since=mark,
+                                      what="the lost-tor line")
+        assert "the connection to tor closed; trying again in 1s" in error, error
+        again = gatekeep.log.wait_for(lambda t: _ADDRESS.search(t) is not None, since=mark,
+                                      timeout=30, what="the address, published again")
+        assert address in again
+        assert f"HiddenServiceDir={key_dir}" in hidden_services(tor)
+    finally:
+        gatekeep.stop()
+        tor.peer.stop()
+
+
+def test_a_launched_tor_that_dies_is_launched_again(tmp_path: Path) -> None:
+    offline = tor_wrapper(tmp_path / "tor-offline", after="--DisableNetwork 1")
+    gatekeep = run(tmp_path / "gk", tmp_path / "onion", f'tor_binary = "{offline}"')
+    try:
+        pid, _ = launched(gatekeep)
+        address, _ = address_of(gatekeep)
+        mark = gatekeep.mark()
+        os.kill(pid, signal.SIGKILL)
+        error = gatekeep.log.wait_for(lambda t: "onion service down:" in t, since=mark,
+                                      what="the dead-tor line")
+        assert "tor exited" in error, error
+        line = gatekeep.log.wait_for(lambda t: _LAUNCHED.search(t) is not None, since=mark,
+                                     timeout=20, what="a new tor")
+        found = _LAUNCHED.search(line)
+        assert found is not None and int(found.group(1)) != pid
+        again = gatekeep.log.wait_for(lambda t: _ADDRESS.search(t) is not None, since=mark,
+                                      timeout=30, what="the address, published again")
+        assert address in again
+    finally:
+        gatekeep.stop()

@@ -67,6 +67,17 @@ class OfflineTor:
     def client(self) -> TorControlClient:
         return TorControlClient(self.control_port, password=self.password)
 
+    def restart(self) -> OfflineTor:
+        """Stop this tor and start it again on the same ports and data (a tor restart)."""
+        self.peer.stop()
+        peer = Peer("tor (offline)", self.peer.argv, self.peer.log_path, cwd=self.data_dir.parent)
+        try:
+            peer.wait_port("127.0.0.1", self.control_port)
+        except PeerError:
+            peer.stop()
+            raise
+        return attrs.evolve(self, peer=peer)
+
 
 def start_offline_tor(root: Path) -> OfflineTor:
     root.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ __all__ = [
     "connections_by_route",
     "detected",
     "exposition",
+    "flush_open",
     "outcome_of",
     "refused",
     "reloaded",
@@ -58,8 +59,8 @@ CONNECTIONS = Counter(
     "gatekeep_connections", "Connections that ended, by how they were routed and how they ended.",
     ["listener", "route", "protocol", "outcome"], registry=REGISTRY)
 BYTES = Counter(
-    "gatekeep_bytes", "Bytes relayed: in = from clients, out = to clients (counted when a "
-    "connection ends).", ["listener", "route", "direction"], registry=REGISTRY)
+    "gatekeep_bytes", "Bytes relayed: in = from clients, out = to clients (open connections "
+    "are counted up to each scrape).", ["listener", "route", "direction"], registry=REGISTRY)
 REFUSALS = Counter(
     "gatekeep_refusals", "Connections refused before reaching a backend, by reason.",
     ["listener", "reason"], registry=REGISTRY)
@@ -116,8 +117,25 @@ def outcome_of(record: ConnectionRecord) -> str:
     return _OUTCOMES.get(reason, "ok")
 
 
-def connection_opened(listener: str) -> None:
-    OPEN.labels(listener).inc()
+# Open connections, by id(record): the record and the bytes (in, out) of it already
+# added to BYTES. Adding them at scrape time (not per read) keeps the relay's hot
+# path free of metrics, and still shows a day-long connection's traffic as it flows.
+_open: dict[int, tuple[ConnectionRecord, int, int]] = {}
+
+
+def _count_bytes(record: ConnectionRecord, route: str) -> None:
+    _, counted_in, counted_out = _open.get(id(record), (record, 0, 0))
+    if record.bytes_in > counted_in:
+        BYTES.labels(record.listener, route, "in").inc(record.bytes_in - counted_in)
+    if record.bytes_out > counted_out:
+        BYTES.labels(record.listener, route, "out").inc(record.bytes_out - counted_out)
+    _open[id(record)] = (record, max(counted_in, record.bytes_in),
+                         max(counted_out, record.bytes_out))
+
+
+def connection_opened(record: ConnectionRecord) -> None:
+    OPEN.labels(record.listener).inc()
+    _open[id(record)] = (record, 0, 0)
 
 
 def connection_ended(record: ConnectionRecord) -> None:
@@ -125,13 +143,13 @@ def connection_ended(record: ConnectionRecord) -> None:
     route = record.route or "-"
     outcome = outcome_of(record)
     CONNECTIONS.labels(record.listener, route, record.protocol or "unknown", outcome).inc()
-    if record.bytes_in:
-        BYTES.labels(record.listener, route, "in").inc(record.bytes_in)
-    if record.bytes_out:
-        BYTES.labels(record.listener, route, "out").inc(record.bytes_out)
+    was_open = id(record) in _open
+    _count_bytes(record, route)
+    _open.pop(id(record), None)
+    if was_open:
+        OPEN.labels(record.listener).dec()
     if outcome == "no_route":
         REFUSALS.labels(record.listener, "no_route").inc()
-    OPEN.labels(record.listener).dec()
 
 
 def refused(listener: str, reason: str) -> None:
@@ -172,8 +190,16 @@ def reloaded(applied: bool) -> None:
     LAST_RELOAD_OK.set(1 if applied else 0)
 
 
+def flush_open() -> None:
+    """Add the bytes open connections relayed since the last flush (routed ones only)."""
+    for record, _, _ in list(_open.values()):
+        if record.route is not None:
+            _count_bytes(record, record.route)
+
+
 def exposition() -> bytes:
     """The text format Prometheus scrapes."""
+    flush_open()
     return generate_latest(REGISTRY)
 
 

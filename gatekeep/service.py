@@ -257,6 +257,8 @@ class GatekeepService(MultiService):
         and the running config stays. Reloads requested meanwhile are folded into
         one more after the current one.
         """
+        if not self.running:
+            return defer.succeed(False)  # stopping: the drain must see a stable config
         if self._reloading is not None:
             self._again = True
             return self._reloading

@@ -114,7 +114,7 @@ class SniffingProtocol(Protocol):
         self.record = ConnectionRecord(
             runtime.name, format_address(self.transport.getPeer()),  # type: ignore[union-attr]
             runtime.reactor.seconds())
-        metrics.connection_opened(runtime.name)
+        metrics.connection_opened(self.record)
         if runtime.tracker is not None:
             runtime.tracker.opened(runtime.name, self)
         if not runtime.detectors:

@@ -69,6 +69,41 @@ class ChainMetricsTests(SynchronousTestCase):
         self.assertEqual(metrics.value("gatekeep_connections_open", listener="m-respond"), 0)
         self.assertEqual(self.tracker.count(), 0)
 
+    def test_bytes_of_open_connections_show_at_each_scrape(self) -> None:
+        route = Route("app", "http", (), ForwardTarget(to="tcp:127.0.0.1:8080"))
+        runtime = self.runtime("m-live", route)
+        bytes_in = Delta("gatekeep_bytes_total", listener="m-live", route="app", direction="in")
+        bytes_out = Delta("gatekeep_bytes_total", listener="m-live", route="app",
+                          direction="out")
+        protocol, _ = self.connect(runtime)
+        protocol.dataReceived(REQUEST)
+        factory: Any = self.reactor.tcpClients[-1][2]
+        factory.buildProtocol(None).makeConnection(StringTransport())
+        assert protocol.record is not None
+        protocol.record.bytes_out += 1000  # as the relay counts what it writes to the client
+        self.assertEqual((bytes_in(), bytes_out()), (0, 0))  # nothing until a scrape
+        metrics.exposition()
+        self.assertEqual((bytes_in(), bytes_out()), (len(REQUEST), 1000))
+        protocol.dataReceived(b"more")
+        protocol.record.bytes_out += 500
+        metrics.exposition()
+        metrics.exposition()  # counted once, however often scraped
+        self.assertEqual((bytes_in(), bytes_out()), (len(REQUEST) + 4, 1500))
+        protocol.record.bytes_out += 1
+        protocol.connectionLost(connectionDone)
+        self.assertEqual((bytes_in(), bytes_out()), (len(REQUEST) + 4, 1501))
+        metrics.exposition()
+        self.assertEqual((bytes_in(), bytes_out()), (len(REQUEST) + 4, 1501))
+        self.assertEqual(metrics.value("gatekeep_connections_open", listener="m-live"), 0)
+
+    def test_a_record_never_opened_does_not_unbalance_the_gauge(self) -> None:
+        record = ConnectionRecord("m-foreign", "1.2.3.4:5", 0.0, route="r", bytes_in=3)
+        record.close("done")
+        metrics.connection_ended(record)
+        self.assertEqual(metrics.value("gatekeep_connections_open", listener="m-foreign"), 0)
+        self.assertEqual(metrics.value("gatekeep_bytes_total", listener="m-foreign", route="r",
+                                       direction="in"), 3)
+
     def test_no_route_is_a_refusal(self) -> None:
         runtime = self.runtime("m-noroute", Route("web", "http", (), RespondTarget(data="x")))
         refused = Delta("gatekeep_refusals_total", listener="m-noroute", reason="no_route")

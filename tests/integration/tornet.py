@@ -15,6 +15,7 @@ for why each option is there. The important ones are repeated in comments below.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import urllib.request
@@ -43,6 +44,11 @@ def tor_wrapper(path: Path, *, before: str = "", after: str = "", prelude: str =
     path.write_text(f'#!/bin/sh\n{prelude}exec tor {before} "$@" {after}\n')
     path.chmod(0o755)
     return path
+
+
+def _tor(torrc: Path) -> list[str | Path]:
+    """tor's command line: a tor that exits by itself if the test run dies without stopping it."""
+    return ["tor", "-f", torrc, "--__OwningControllerProcess", str(os.getpid())]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -99,7 +105,7 @@ GeoIPFile {root}/empty-geoip
 GeoIPv6File {root}/empty-geoip
 """)
     (root / "empty-geoip").write_text("")
-    peer = Peer("tor (offline)", ["tor", "-f", torrc], root / "tor.log", cwd=root)
+    peer = Peer("tor (offline)", _tor(torrc), root / "tor.log", cwd=root)
     try:
         peer.wait_output(r"Opened Control listener connection \(ready\)")
     except PeerError:
@@ -294,7 +300,7 @@ GeoIPv6File {root}/empty-geoip
     network = Tornet(root, nodes, socks, control, PASSWORD, join, join_binary)
     try:
         for name in names:
-            nodes[name] = Peer(name, ["tor", "-f", torrcs[name]], root / name / "stdout.log",
+            nodes[name] = Peer(name, _tor(torrcs[name]), root / name / "stdout.log",
                                cwd=root)
         # The client starts only once every node serves a consensus listing everyone
         # (and all descriptors): with the first, partial consensus it would wait for
@@ -306,7 +312,7 @@ GeoIPv6File {root}/empty-geoip
 
         wait_until(complete, timeout, "the private Tor network's complete consensus",
                    output=lambda: _tail(root / "auth0" / "notice.log"))
-        nodes["client"] = Peer("client", ["tor", "-f", torrcs["client"]],
+        nodes["client"] = Peer("client", _tor(torrcs["client"]),
                                root / "client" / "stdout.log", cwd=root)
         nodes["client"].wait_port("127.0.0.1", control)
         client = network.client()

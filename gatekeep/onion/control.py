@@ -108,9 +108,13 @@ class TorControl:
         self._lock = _locks.setdefault(description, defer.DeferredLock())
 
     def when_lost(self) -> defer.Deferred[Any]:
-        """Fires (never errbacks) when the control connection closes."""
+        """Fires when the control connection closes (cancelling it still cancels)."""
         lost: defer.Deferred[Any] = self.protocol.when_disconnected()
-        return lost.addErrback(lambda _: None)
+
+        def closed(failure: Failure) -> Failure | None:
+            return failure if failure.check(defer.CancelledError) else None
+
+        return lost.addErrback(closed)
 
     async def command(self, line: str) -> str:
         try:

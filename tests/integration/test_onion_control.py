@@ -302,3 +302,45 @@ def test_a_launched_tor_that_dies_is_launched_again(tmp_path: Path) -> None:
         assert address in again
     finally:
         gatekeep.stop()
+
+
+def test_reload_keeps_tor_for_new_routes_and_republishes_for_new_settings(
+    tmp_path: Path,
+) -> None:
+    offline = tor_wrapper(tmp_path / "tor-offline", after="--DisableNetwork 1")
+    key_dir = tmp_path / "onion"
+    tor = f'tor_binary = "{offline}"'
+    gatekeep = run(tmp_path / "gk", key_dir, tor)
+    path = tmp_path / "gk" / "gatekeep.toml"
+
+    def reload(text: str) -> int:
+        mark = gatekeep.mark()
+        path.write_text(text)
+        os.kill(gatekeep.pid, signal.SIGHUP)
+        gatekeep.log.wait_for(lambda t: "reload applied" in t, since=mark, what="the reload")
+        return mark
+
+    try:
+        pid, _ = launched(gatekeep)
+        address, _ = address_of(gatekeep)
+        # New routes only: the same tor keeps serving, new connections see the change.
+        mark = reload(CONFIG.format(key_dir=key_dir, tor=tor).replace("hello from", "hi from"))
+        reply, _ = tcp_exchange(("127.0.0.1", gatekeep.port("public")), b"hi", b"\n")
+        assert reply == b"hi from gatekeep\n"
+        assert not _LAUNCHED.search(gatekeep.log.text(mark)) and not gone(pid)
+        # New tor settings: published again with them, same key, same address.
+        mark = reload(CONFIG.format(key_dir=key_dir, tor=tor).replace("[80, 5222]", "[80]"))
+        line = gatekeep.log.wait_for(lambda t: "onion address" in t, since=mark, timeout=30,
+                                     what="the address, published again")
+        assert f"onion address {address} (ports 80 -> " in line, line
+        assert "tor settings changed; publishing again" in gatekeep.log.text(mark)
+        new_pid = int(_LAUNCHED.findall(gatekeep.log.text(mark))[-1][0])
+        wait_until(lambda: gone(pid), 10, f"the previous tor (pid {pid}) to exit")
+        # Without the onion listener: its tor is stopped.
+        without_onion = CONFIG.format(key_dir=key_dir, tor=tor)
+        start = without_onion.index('[[listener]]\nname = "hidden"')
+        reload(without_onion[:start] + without_onion[without_onion.index("[service.edge]"):])
+        wait_until(lambda: gone(new_pid), 10, f"the onion listener's tor (pid {new_pid}) to exit")
+    finally:
+        gatekeep.stop()
+    assert gatekeep.problems() == []

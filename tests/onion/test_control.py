@@ -104,3 +104,8 @@ class TorControlTests(SynchronousTestCase):
         self.assertNoResult(lost)
         proto.lose()
         self.successResultOf(lost)
+
+    def test_cancelling_the_wait_for_loss_is_a_cancellation(self) -> None:
+        lost = self.control(FakeControlProtocol()).when_lost()
+        lost.cancel()
+        self.failureResultOf(lost, defer.CancelledError)

@@ -155,4 +155,7 @@ class OnionListenerTests(SynchronousTestCase):
         self.assertEqual(len(self.protocols), 2)
         self.assertIn('HiddenServicePort="443 127.0.0.1:0"', self.protocols[1].commands[-1])
         self.assertNotIn("HiddenServicePort=\"80 ", self.protocols[1].commands[-1])
+        self.reactor.advance(60)  # the old session is gone for good: no second republisher
+        self.assertEqual(len(self.protocols), 2)
+        self.assertIsNotNone(self.protocols[1].transport)
         self.successResultOf(self.service.stopService())

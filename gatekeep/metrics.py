@@ -14,16 +14,10 @@ another program does not add gatekeep's series to that program's exposition.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gatekeep import __version__
+from gatekeep.metricstore import CounterStore, GaugeStore, HistogramStore, StoreCollector
 from gatekeep.values import ConnectionRecord
 
 __all__ = [
@@ -36,16 +30,12 @@ __all__ = [
     "connections_by_route",
     "detected",
     "exposition",
-    "flush_open",
     "outcome_of",
     "refused",
     "reloaded",
     "tls_handshake",
     "value",
 ]
-
-# ``*_created`` series double the exposition and no dashboard reads them.
-disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,42 +45,41 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DETECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CONNECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-CONNECTIONS = Counter(
+CONNECTIONS = CounterStore(
     "gatekeep_connections", "Connections that ended, by how they were routed and how they ended.",
-    ["listener", "route", "protocol", "outcome"], registry=REGISTRY)
-BYTES = Counter(
+    ["listener", "route", "protocol", "outcome"])
+BYTES = CounterStore(
     "gatekeep_bytes", "Bytes relayed: in = from clients, out = to clients (open connections "
-    "are counted up to each scrape).", ["listener", "route", "direction"], registry=REGISTRY)
-REFUSALS = Counter(
+    "are counted up to each scrape).", ["listener", "route", "direction"])
+REFUSALS = CounterStore(
     "gatekeep_refusals", "Connections refused before reaching a backend, by reason.",
-    ["listener", "reason"], registry=REGISTRY)
-RELOADS = Counter(
+    ["listener", "reason"])
+RELOADS = CounterStore(
     "gatekeep_reloads", "Config reloads: applied, or rejected (the old config kept serving).",
-    ["outcome"], registry=REGISTRY)
-LAST_RELOAD_OK = Gauge(
+    ["outcome"])
+LAST_RELOAD_OK = GaugeStore(
     "gatekeep_config_last_reload_successful", "1 if the last reload was applied, 0 if rejected.",
-    registry=REGISTRY)
-DETECT_SECONDS = Histogram(
+    [])
+DETECT_SECONDS = HistogramStore(
     "gatekeep_detect_seconds", "Time from accept to the route decision.", ["listener"],
-    buckets=_DETECT_BUCKETS, registry=REGISTRY)
-OPEN = Gauge(
-    "gatekeep_connections_open", "Connections open now.", ["listener"], registry=REGISTRY)
-BACKEND_CONNECT_SECONDS = Histogram(
+    _DETECT_BUCKETS)
+OPEN = GaugeStore("gatekeep_connections_open", "Connections open now.", ["listener"])
+BACKEND_CONNECT_SECONDS = HistogramStore(
     "gatekeep_backend_connect_seconds", "Time to connect to a backend (successful connects).",
-    ["listener", "route"], buckets=_CONNECT_BUCKETS, registry=REGISTRY)
-BACKEND_FAILURES = Counter(
+    ["listener", "route"], _CONNECT_BUCKETS)
+BACKEND_FAILURES = CounterStore(
     "gatekeep_backend_connect_failures", "Backend connects that failed, by reason.",
-    ["listener", "route", "reason"], registry=REGISTRY)
-TLS_HANDSHAKES = Counter(
+    ["listener", "route", "reason"])
+TLS_HANDSHAKES = CounterStore(
     "gatekeep_tls_handshakes", "TLS handshakes gatekeep terminated, by outcome.",
-    ["listener", "route", "outcome"], registry=REGISTRY)
-TLS_HANDSHAKE_SECONDS = Histogram(
+    ["listener", "route", "outcome"])
+TLS_HANDSHAKE_SECONDS = HistogramStore(
     "gatekeep_tls_handshake_seconds", "Duration of TLS handshakes gatekeep terminated.",
-    ["listener", "route"], buckets=_CONNECT_BUCKETS, registry=REGISTRY)
-INFO = Gauge("gatekeep_info", "Always 1; the version as a label.", ["version"],
-             registry=REGISTRY)
-INFO.labels(__version__).set(1)
-LAST_RELOAD_OK.set(1)
+    ["listener", "route"], _CONNECT_BUCKETS)
+INFO = GaugeStore("gatekeep_info", "Always 1; the version as a label.", ["version"])
+INFO.set((__version__,), 1)
+LAST_RELOAD_OK.set((), 1)
+
 
 # Close reasons (see docs/operations.md) -> outcome label. Anything else that ends
 # a routed connection is "ok": the relay ran and one side closed or reset.
@@ -125,16 +114,18 @@ _open: dict[int, tuple[ConnectionRecord, int, int]] = {}
 
 def _count_bytes(record: ConnectionRecord, route: str) -> None:
     _, counted_in, counted_out = _open.get(id(record), (record, 0, 0))
+    if record.bytes_in <= counted_in and record.bytes_out <= counted_out:
+        return
     if record.bytes_in > counted_in:
-        BYTES.labels(record.listener, route, "in").inc(record.bytes_in - counted_in)
+        BYTES.inc((record.listener, route, "in"), record.bytes_in - counted_in)
     if record.bytes_out > counted_out:
-        BYTES.labels(record.listener, route, "out").inc(record.bytes_out - counted_out)
+        BYTES.inc((record.listener, route, "out"), record.bytes_out - counted_out)
     _open[id(record)] = (record, max(counted_in, record.bytes_in),
                          max(counted_out, record.bytes_out))
 
 
 def connection_opened(record: ConnectionRecord) -> None:
-    OPEN.labels(record.listener).inc()
+    OPEN.inc((record.listener,))
     _open[id(record)] = (record, 0, 0)
 
 
@@ -142,14 +133,14 @@ def connection_ended(record: ConnectionRecord) -> None:
     """Count one finished connection (called with its log line)."""
     route = record.route or "-"
     outcome = outcome_of(record)
-    CONNECTIONS.labels(record.listener, route, record.protocol or "unknown", outcome).inc()
+    CONNECTIONS.inc((record.listener, route, record.protocol or "unknown", outcome))
     was_open = id(record) in _open
     _count_bytes(record, route)
     _open.pop(id(record), None)
     if was_open:
-        OPEN.labels(record.listener).dec()
+        OPEN.inc((record.listener,), -1)
     if outcome == "no_route":
-        REFUSALS.labels(record.listener, "no_route").inc()
+        REFUSALS.inc((record.listener, "no_route"))
 
 
 def refused(listener: str, reason: str) -> None:
@@ -159,20 +150,20 @@ def refused(listener: str, reason: str) -> None:
     ``access``, ``max_connections``, ``rate``, ``proxy_untrusted``: never a client's
     address or bytes, which would make the label set unbounded.
     """
-    REFUSALS.labels(listener, reason).inc()
+    REFUSALS.inc((listener, reason))
 
 
 def detected(listener: str, seconds: float) -> None:
-    DETECT_SECONDS.labels(listener).observe(max(0.0, seconds))
+    DETECT_SECONDS.observe((listener,), max(0.0, seconds))
 
 
 def backend_connected(listener: str, route: str, seconds: float) -> None:
-    BACKEND_CONNECT_SECONDS.labels(listener, route).observe(max(0.0, seconds))
+    BACKEND_CONNECT_SECONDS.observe((listener, route), max(0.0, seconds))
 
 
 def backend_connect_failed(listener: str, route: str, reason: str) -> None:
     """``reason``: ``timeout``, ``refused`` or ``unreachable``."""
-    BACKEND_FAILURES.labels(listener, route, reason).inc()
+    BACKEND_FAILURES.inc((listener, route, reason))
 
 
 def tls_handshake(listener: str, route: str, outcome: str, seconds: float | None = None) -> None:
@@ -180,17 +171,17 @@ def tls_handshake(listener: str, route: str, outcome: str, seconds: float | None
     A TLS handshake gatekeep terminated: ``outcome`` is ``ok`` or a short failure
     word (``failed``, ``no_certificate``, ``client_certificate``...).
     """
-    TLS_HANDSHAKES.labels(listener, route, outcome).inc()
+    TLS_HANDSHAKES.inc((listener, route, outcome))
     if seconds is not None and outcome == "ok":
-        TLS_HANDSHAKE_SECONDS.labels(listener, route).observe(max(0.0, seconds))
+        TLS_HANDSHAKE_SECONDS.observe((listener, route), max(0.0, seconds))
 
 
 def reloaded(applied: bool) -> None:
-    RELOADS.labels("applied" if applied else "rejected").inc()
-    LAST_RELOAD_OK.set(1 if applied else 0)
+    RELOADS.inc(("applied" if applied else "rejected",))
+    LAST_RELOAD_OK.set((), 1 if applied else 0)
 
 
-def flush_open() -> None:
+def _flush_open() -> None:
     """Add the bytes open connections relayed since the last flush (routed ones only)."""
     for record, _, _ in list(_open.values()):
         if record.route is not None:
@@ -199,7 +190,6 @@ def flush_open() -> None:
 
 def exposition() -> bytes:
     """The text format Prometheus scrapes."""
-    flush_open()
     return generate_latest(REGISTRY)
 
 
@@ -212,9 +202,13 @@ def value(name: str, **labels: str) -> float:
 def connections_by_route() -> dict[tuple[str, str], int]:
     """Finished connections per (listener, route), all protocols and outcomes."""
     totals: dict[tuple[str, str], int] = {}
-    for family in CONNECTIONS.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                key = (sample.labels["listener"], sample.labels["route"])
-                totals[key] = totals.get(key, 0) + int(sample.value)
+    for (listener, route, _protocol, _outcome), count in CONNECTIONS.values.items():
+        totals[listener, route] = totals.get((listener, route), 0) + int(count)
     return totals
+
+
+# Every scrape first adds what open connections relayed since the previous one.
+REGISTRY.register(StoreCollector(
+    [CONNECTIONS, BYTES, REFUSALS, RELOADS, LAST_RELOAD_OK, DETECT_SECONDS, OPEN,
+     BACKEND_CONNECT_SECONDS, BACKEND_FAILURES, TLS_HANDSHAKES, TLS_HANDSHAKE_SECONDS, INFO],
+    before=_flush_open))

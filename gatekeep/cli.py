@@ -46,7 +46,10 @@ def route_table(config: Config) -> str:
     for listener in config.listeners:
         timeout = format_duration(listener.detect_timeout)
         lines.append(f"  {listener.name:<{width}}  {listener.where}  -> service "
-                     f"{listener.service} (detect_timeout {timeout})")
+                     f"{listener.service} (detect_timeout {timeout}"
+                     + (f"; PROXY header {listener.proxy_protocol} from "
+                        f"{', '.join(listener.trusted_proxies)}"
+                        if listener.proxy_protocol != "off" else "") + ")")
     lines.append("services:")
     for service in config.services.values():
         lines.extend(service_table(service))

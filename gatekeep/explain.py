@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gatekeep.config.model import Config
+from gatekeep.config.model import Config, ListenerConfig
 from gatekeep.connlog import format_facts
+from gatekeep.detectors.proxy import PREAMBLE, header_facts
+from gatekeep.preamble import Done, Refuse, step
 from gatekeep.registry import Registry
 from gatekeep.routing import Outcome, select_route, walk_routes
 from gatekeep.sniff import SNIFF_CAP, ListenerRuntime, run_detectors
@@ -43,6 +45,27 @@ def _verdict_text(verdict: Verdict) -> str:
     return "needs more bytes"
 
 
+def _preamble(listener: ListenerConfig, data: bytes) -> tuple[list[str], Verdict | None, int]:
+    """What the listener's PROXY preamble makes of ``data``, as if sent by a trusted proxy."""
+    if listener.proxy_protocol == "off":
+        return [], None, 0
+    outcome = step(listener.proxy_protocol, True, data, None)
+    if not isinstance(outcome, Done | Refuse):
+        outcome = step(listener.proxy_protocol, True, data, "the input ends")
+    if isinstance(outcome, Refuse):
+        return [f"PROXY preamble ({listener.proxy_protocol}, from a trusted proxy): "
+                f"the connection is closed: {outcome.reason}"], None, -1
+    assert isinstance(outcome, Done)
+    header = outcome.header
+    if header is None:
+        return [f"PROXY preamble ({listener.proxy_protocol}): no header; detection starts "
+                "at the first byte"], NoMatch("no PROXY header"), 0
+    facts = header_facts(header)
+    source = header.source if header.relayed else "(the real peer: kept)"
+    return [f"PROXY preamble: v{header.version} header of {header.length} bytes, client "
+            f"{source}; {format_facts(facts)}"], Match(facts, header.length), header.length
+
+
 def explain(config: Config, registry: Registry, listener_name: str, data: bytes) -> str:
     """The report: detector verdicts, each route considered, the route taken."""
     listeners = {listener.name: listener for listener in config.listeners}
@@ -53,26 +76,34 @@ def explain(config: Config, registry: Registry, listener_name: str, data: bytes)
     service = config.services[listener.service]
     runtime = ListenerRuntime.build(listener.name, service, registry.detectors,
                                     listener.detect_timeout, reactor=None)
-    prefix = data[:SNIFF_CAP]
     lines = [f"listener {listener.name} ({listener.where}) -> service {service.name}; "
              f"{len(data)} bytes of input" + (f", first {SNIFF_CAP} used" if len(data) > SNIFF_CAP
                                               else "")]
+    preamble_lines, preamble, consumed = _preamble(listener, data)
+    lines += preamble_lines
+    if consumed < 0:
+        return "\n".join(lines)
+    prefix = data[consumed:consumed + SNIFF_CAP]
+    given: dict[str, Verdict] = {}
+    if any(route.detector == PREAMBLE for route in service.routes):
+        given[PREAMBLE] = preamble or NoMatch("the listener does not receive PROXY headers")
 
-    verdicts: dict[str, Verdict] = {}
+    verdicts: dict[str, Verdict] = dict(given)
     run_detectors(runtime.detectors, prefix, verdicts, final=False)
     final = select_route(service, verdicts, final=False).waiting or len(prefix) >= SNIFF_CAP
     if final:
         lines.append(f"the chain would wait for more bytes; if none come within "
                      f"{listener.detect_timeout:g}s (or the client closes):")
-        verdicts = {}
+        verdicts = dict(given)
         run_detectors(runtime.detectors, prefix, verdicts, final=True)
 
     lines.append("detectors:")
     width = max((len(name) for name in registry.detectors), default=0)
-    for name in runtime.detectors:
+    for name in [*given, *runtime.detectors]:
         lines.append(f"  {name:<{width}}  {_verdict_text(verdicts[name])}")
     others: dict[str, Verdict] = {}
-    unused = {n: d for n, d in registry.detectors.items() if n not in runtime.detectors}
+    unused = {n: d for n, d in registry.detectors.items()
+              if n not in runtime.detectors and n not in given}
     run_detectors(unused, prefix, others, final=final)
     for name, verdict in others.items():
         lines.append(f"  {name:<{width}}  {_verdict_text(verdict)}  [not used by this service]")

@@ -101,7 +101,8 @@ def outcome_of(record: ConnectionRecord) -> str:
     reason = record.close_reason or ""
     if reason.startswith("backend unreachable"):
         return "backend_error"
-    if reason.startswith("refused"):
+    if reason.startswith(("refused", "PROXY header", "no PROXY header",
+                          "incomplete PROXY header", "malformed PROXY header")):
         return "refused"
     return _OUTCOMES.get(reason, "ok")
 

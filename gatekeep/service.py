@@ -37,6 +37,7 @@ from gatekeep.addresses import format_address
 from gatekeep.cli import describe_match
 from gatekeep.config.errors import ConfigErrors
 from gatekeep.config.model import Config, ListenerConfig
+from gatekeep.preamble import ProxyPolicy
 from gatekeep.registry import Registry
 from gatekeep.sniff import ListenerRuntime, SniffingFactory
 from gatekeep.status import ListenerStatus, RecentErrors, RouteStatus, ServiceStatus, Snapshot
@@ -193,7 +194,16 @@ class GatekeepService(MultiService):
     def _runtime(self, listener: ListenerConfig, config: Config) -> ListenerRuntime:
         return ListenerRuntime.build(
             listener.name, config.services[listener.service], self.registry.detectors,
-            listener.detect_timeout, self.reactor, self.tracker)
+            listener.detect_timeout, self.reactor, self.tracker,
+            self._proxy_policy(listener))
+
+    @staticmethod
+    def _proxy_policy(listener: ListenerConfig) -> ProxyPolicy:
+        if listener.tor is not None:
+            # tor delivers every stream over loopback with a PROXY v1 line naming the
+            # circuit (HiddenServiceExportCircuitID haproxy): that is the client.
+            return ProxyPolicy.from_settings("required", ["127.0.0.1/32", "::1/128"])
+        return ProxyPolicy.from_settings(listener.proxy_protocol, listener.trusted_proxies)
 
     def _listener_service(self, listener: ListenerConfig, config: Config) -> ListenerService:
         factory = SniffingFactory(self._runtime(listener, config))

@@ -23,8 +23,11 @@ from zope.interface import implementer
 from gatekeep import metrics
 from gatekeep.addresses import format_address
 from gatekeep.connlog import log_connection
+from gatekeep.detectors.proxy import PREAMBLE, header_facts
 from gatekeep.failures import failure_bytes
 from gatekeep.interfaces import IDetector
+from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from, step
+from gatekeep.proxyproto import ProxyHeader
 from gatekeep.routing import Selection, select_route
 from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
@@ -57,16 +60,22 @@ class ListenerRuntime:
     #: Shared by every runtime of the process, so a graceful stop finds connections
     #: accepted under any config generation.
     tracker: ConnectionTracker | None = attrs.field(default=None, repr=False)
+    proxy: ProxyPolicy = attrs.field(factory=ProxyPolicy)
+    #: Whether a route tests the PROXY header's facts (``match.proxy``).
+    proxy_routes: bool = False
 
     @classmethod
     def build(
         cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
         detect_timeout: float, reactor: Any, tracker: ConnectionTracker | None = None,
+        proxy: ProxyPolicy | None = None,
     ) -> ListenerRuntime:
-        # Only the detectors this service's routes use run, in route order.
+        # Only the detectors this service's routes use run, in route order. The
+        # PROXY preamble is read before detection, not run as a detector.
         wanted = [r.detector for r in service.routes if r.detector is not None]
-        used = {d: all_detectors[d] for d in dict.fromkeys(wanted)}
-        return cls(name, service, used, detect_timeout, reactor, tracker)
+        used = {d: all_detectors[d] for d in dict.fromkeys(wanted) if d != PREAMBLE}
+        return cls(name, service, used, detect_timeout, reactor, tracker, proxy or ProxyPolicy(),
+                   PREAMBLE in wanted)
 
 
 def run_detectors(
@@ -108,19 +117,45 @@ class SniffingProtocol(Protocol):
         self._verdicts: dict[str, Verdict] = {}
         self._deadline: IDelayedCall | None = None
         self._client_eof = False
+        # The PROXY preamble: still expected, from a trusted peer or not.
+        self._preamble = False
+        self._refused = False
+        self._trusted = False
+        self.header: ProxyHeader | None = None
+        self._preamble_facts: dict[str, Any] = {}
+        #: The real client and server: the peer's own, or a PROXY header's.
+        self.client: Any = None
+        self.server: Any = None
 
     def connectionMade(self) -> None:
         runtime = self.runtime
+        transport: Any = self.transport
+        self.client, self.server = transport.getPeer(), transport.getHost()
         self.record = ConnectionRecord(
-            runtime.name, format_address(self.transport.getPeer()),  # type: ignore[union-attr]
-            runtime.reactor.seconds())
+            runtime.name, format_address(self.client), runtime.reactor.seconds())
         metrics.connection_opened(self.record)
         if runtime.tracker is not None:
             runtime.tracker.opened(runtime.name, self)
-        if not runtime.detectors:
-            self._decide(final=True)
-        else:
+        if runtime.proxy_routes:
+            self._verdicts[PREAMBLE] = NoMatch("no PROXY header")
+        policy = runtime.proxy
+        if policy.mode != "off":
+            self._trusted = policy.trusts(self.client)
+            if not self._trusted and policy.mode == "required":
+                self._refuse(Refuse("PROXY header required, but the peer is not in "
+                                    "trusted_proxies", "proxy_untrusted", signature=False))
+                return
+            self._preamble = True
             self._deadline = runtime.reactor.callLater(runtime.detect_timeout, self._timedOut)
+            return
+        self._startDetecting()
+
+    def _startDetecting(self) -> None:
+        if not self.runtime.detectors:
+            self._decide(final=True)
+        elif self._deadline is None:
+            self._deadline = self.runtime.reactor.callLater(
+                self.runtime.detect_timeout, self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.record is not None
@@ -128,11 +163,69 @@ class SniffingProtocol(Protocol):
         if self.attached is not None:
             self.attached.dataReceived(data)
             return
+        if self._refused:
+            return
         self._buffer += data
+        if self._preamble:
+            self._readPreamble(None)
+            return
         self._decide(final=len(self._buffer) >= SNIFF_CAP)
+
+    def _readPreamble(self, final: str | None) -> None:
+        """Consume the PROXY header (or decide there is none), then detect the rest."""
+        outcome = step(self.runtime.proxy.mode, self._trusted, bytes(self._buffer), final)
+        if isinstance(outcome, Waiting):
+            return
+        if isinstance(outcome, Refuse):
+            self._refuse(outcome)
+            return
+        assert isinstance(outcome, Done)
+        self._preamble = False
+        if outcome.header is not None:
+            self._received(outcome.header)
+            del self._buffer[:outcome.consumed]
+        if final is not None:
+            self._decide(final=True)
+        elif not self.runtime.detectors:
+            self._startDetecting()
+        elif self._buffer:
+            self._decide(final=len(self._buffer) >= SNIFF_CAP)
+
+    def _received(self, header: ProxyHeader) -> None:
+        """A trusted proxy's header: it names the real client from now on."""
+        record = self.record
+        assert record is not None
+        via = format_address(self.client)
+        self.header = header
+        self.client, self.server = endpoints_from(header, self.client, self.server)
+        record.client = format_address(self.client)
+        facts = header_facts(header)
+        if self.runtime.proxy_routes:
+            self._verdicts[PREAMBLE] = Match(facts, header.length)
+        self._preamble_facts = {f"proxy_{k}": v for k, v in facts.items()}
+        self._preamble_facts["proxy_via"] = via
+        record.facts = dict(self._preamble_facts)
+
+    def _refuse(self, refusal: Refuse) -> None:
+        record, transport = self.record, self.transport
+        assert record is not None and transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._preamble = False
+        self._refused = True
+        self._buffer = bytearray()
+        if refusal.signature:
+            record.protocol = PREAMBLE
+        record.close(refusal.reason)
+        metrics.refused(record.listener, refusal.metric)
+        transport.loseConnection()
 
     def _timedOut(self) -> None:
         self._deadline = None
+        if self._preamble:
+            self._readPreamble("the detect_timeout passed")
+            return
         self._decide(final=True)
 
     def _decide(self, final: bool) -> None:
@@ -152,20 +245,21 @@ class SniffingProtocol(Protocol):
         metrics.detected(record.listener, self.runtime.reactor.seconds() - record.started)
         protocol, match = self._protocol_of(selection)
         record.protocol = protocol
-        record.facts = match.facts if match is not None else {}
+        detected = match.facts if match is not None else {}
+        record.facts = {**detected, **self._preamble_facts}
         route = selection.route
         if route is None:
             record.close("no route")
-            message = failure_bytes(protocol, record.facts, "refused")
+            message = failure_bytes(protocol, detected, "refused")
             record.bytes_out += len(message)
             transport.write(message)
             transport.loseConnection()
             return
         record.route = route.name
         inbound = Inbound(
-            listener=self.runtime.name, client=transport.getPeer(), server=transport.getHost(),
-            transport=transport, detector=protocol, facts=record.facts, prefix=prefix,
-            route=route, record=record, reactor=self.runtime.reactor)
+            listener=self.runtime.name, client=self.client, server=self.server,
+            transport=transport, detector=protocol, facts=detected, prefix=prefix,
+            route=route, record=record, reactor=self.runtime.reactor, proxy=self.header)
         self._buffer = bytearray()
         try:
             attached = route.target.attach(inbound)
@@ -187,14 +281,16 @@ class SniffingProtocol(Protocol):
         if route is not None and route.detector is not None and selection.match is not None:
             return route.detector, selection.match
         for name, verdict in self._verdicts.items():
-            if isinstance(verdict, Match):
+            if isinstance(verdict, Match) and name != PREAMBLE:
                 return name, verdict
         return None, None
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
         if self.attached is None:
-            if self.record is not None:
+            if self._preamble:
+                self._readPreamble("the client closed")
+            elif self.record is not None and not self._refused:
                 self._decide(final=True)
             return
         self._relayReadLost()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, ITransport
 
     from gatekeep.interfaces import IAccessRule, ITarget
+    from gatekeep.proxyproto import ProxyHeader
 
 __all__ = [
     "Condition",
@@ -153,8 +154,12 @@ class Inbound:
     """
     A detected connection, handed to a route's target.
 
-    ``client`` is the real client address (after a PROXY preamble, if any);
-    ``prefix`` holds the bytes the chain read while detecting, which the target's
+    ``client`` is the real client address and ``server`` the address it connected
+    to: after a trusted PROXY preamble, the ones its header gave (``proxy`` is that
+    header; its TLVs are in the connection's log facts as ``proxy_*``). Everything
+    that cares who the client is (access rules, X-Forwarded-For, outgoing PROXY
+    headers, logs) uses ``client``, never the transport's peer. ``prefix`` holds the
+    bytes the chain read while detecting (after the preamble), which the target's
     protocol receives first.
     """
 
@@ -169,3 +174,5 @@ class Inbound:
     record: ConnectionRecord
     #: The reactor to use for connections and timers (injected, so tests use fakes).
     reactor: Any = attrs.field(repr=False)
+    #: The PROXY header a trusted proxy sent before the client's bytes, if any.
+    proxy: ProxyHeader | None = None

@@ -578,5 +578,5 @@ def test_mqtt_example_explain(
                                 "hex:" + MQTT311.hex()])
     out = capsys.readouterr().out
     assert status == 0
-    assert "mqtt  match   protocol_name=MQTT level=4 client_id=gk-sensor-1" in out
+    assert re.search(r"\bmqtt +match   protocol_name=MQTT level=4 client_id=gk-sensor-1", out)
     assert "result: route broker -> forward to tcp:127.0.0.1:11883" in out

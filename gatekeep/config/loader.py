@@ -354,6 +354,15 @@ class _Loader:
                                f"'{endpoints[value]}'")
                 endpoints.setdefault(value, listener.name)
             used.add(listener.service)
+            if listener.proxy_protocol != "off" and not listener.trusted_proxies:
+                self.error(key_path(path, "trusted_proxies"),
+                           f"impossible combination: proxy_protocol = "
+                           f"\"{listener.proxy_protocol}\" honours headers only from "
+                           "trusted_proxies, and none are listed",
+                           'list your load balancers, e.g. trusted_proxies = ["10.0.0.0/8"]')
+            elif listener.proxy_protocol == "off" and listener.trusted_proxies:
+                self.warnings.append(f"{key_path(path, 'trusted_proxies')}: has no effect "
+                                     'while proxy_protocol = "off"')
             if listener.service not in services and not any(
                 e.path.startswith(key_path("service", listener.service)) for e in self.errors
             ):

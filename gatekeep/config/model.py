@@ -8,6 +8,7 @@ their options); listeners and route-level settings are declared here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -17,6 +18,7 @@ from gatekeep.config.endpoints import server_endpoint_problem
 from gatekeep.config.schema import setting
 from gatekeep.config.tor import TorSettings
 from gatekeep.config.units import parse_duration
+from gatekeep.preamble import ProxyMode
 from gatekeep.values import Service
 
 __all__ = [
@@ -59,6 +61,31 @@ def parse_server_endpoint(value: object) -> str:
     return value
 
 
+def _proxy_mode(value: object) -> ProxyMode:
+    if value == "off" or value == "optional" or value == "required":
+        return value
+    raise ValueError(f'expected "off", "optional" or "required", not {value!r}')
+
+
+def _trusted_proxies(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError('expected a list of CIDR strings, e.g. ["10.0.0.0/8", "::1/128"]')
+    entries = []
+    for entry in value:
+        if entry == "unix":
+            entries.append(entry)
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IPv4/IPv6 address or CIDR network "
+                             '(or "unix")') from None
+        if str(network) != entry and str(network.network_address) != entry:
+            raise ValueError(f"{entry!r} has host bits set: did you mean {str(network)!r}?")
+        entries.append(str(network))
+    return tuple(entries)
+
+
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -87,6 +114,29 @@ class ListenerConfig:
         default=5.0,
         parse=_positive_duration,
         shown='"5s"',
+    )
+    proxy_protocol: ProxyMode = setting(
+        "Whether connections start with a PROXY protocol header (v1 or v2, told apart by "
+        "their signatures) from a load balancer: `off`, `required` (a peer in "
+        "`trusted_proxies` must send one; other peers are refused at once) or `optional` "
+        "(a trusted peer may send one; from anyone else bytes starting with a PROXY "
+        "signature are refused and other bytes are the client's own). The header's source "
+        "address becomes the client address for logs, access rules, X-Forwarded-For and "
+        "outgoing PROXY headers; its TLVs become `match.proxy` facts. A header that is "
+        "malformed, or incomplete when `detect_timeout` passes, closes the connection with "
+        "the reason in its log line.",
+        default="off",
+        parse=_proxy_mode,
+        shown='"off"',
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        "Peers whose PROXY headers are honoured: IPv4/IPv6 addresses or CIDR networks "
+        "(`\"10.0.0.0/8\"`, `\"::1/128\"`; IPv4-mapped IPv6 peers count as IPv4), or "
+        "`\"unix\"` for every peer of a UNIX socket listener. Required when "
+        "`proxy_protocol` is not `off`.",
+        default=(),
+        parse=_trusted_proxies,
+        shown="`[]`",
     )
     #: ``[listener.tor]``: an onion service instead of ``endpoint`` (loaded on its own).
     tor: TorSettings | None = attrs.field(default=None, kw_only=True)

@@ -35,10 +35,6 @@ PLANNED: Mapping[str, str] = {
     "access": "access rules (issue 7)",
     "shaper": "shapers (issue 7)",
     "http": "the HTTP reverse proxy (issue 6)",
-    "proxy_protocol": "the PROXY protocol (issue 5)",
-    "trusted_proxies": "the PROXY protocol (issue 5)",
-    "proxy_tlvs": "the PROXY protocol (issue 5)",
-    "transparent": "transparent mode (issue 5)",
     "max_connections": "connection limits (issue 7)",
     "max_connections_per_ip": "connection limits (issue 7)",
     "connection_rate_per_ip": "connection limits (issue 7)",
@@ -119,7 +115,11 @@ def load_table(
             errors.append(ConfigError(key_path(path, name), str(error)))
     if len(errors) > before:
         return None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:  # checks across keys, in the class itself
+        errors.append(ConfigError(path, str(error)))
+        return None
 
 
 def _toml_type(value: object) -> str:

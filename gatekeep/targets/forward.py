@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -27,15 +28,35 @@ from zope.interface import implementer
 
 from gatekeep import metrics
 from gatekeep.config.endpoints import client_endpoint_problem
-from gatekeep.config.schema import setting
+from gatekeep.config.schema import expect, setting
 from gatekeep.failures import FailureKind, failure_bytes
 from gatekeep.interfaces import ITarget
+from gatekeep.preamble import plain_ip
 from gatekeep.relay import BackendSide, Relay
+from gatekeep.targets.proxyheader import TLV_NAMES, outgoing_header
+from gatekeep.targets.transparent import TransparentEndpoint, parse_tcp_destination
 from gatekeep.values import Inbound
 
 __all__ = ["ForwardTarget"]
 
 log = Logger()
+
+
+def _proxy_version(value: object) -> int:
+    if value == "v1":
+        return 1
+    if value == "v2":
+        return 2
+    raise ValueError(f'expected "v1" or "v2", not {value!r}')
+
+
+def _tlv_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of TLV names: {', '.join(TLV_NAMES)}")
+    unknown = [v for v in value if v not in TLV_NAMES]
+    if unknown:
+        raise ValueError(f"unknown TLV {unknown[0]!r}; known: {', '.join(TLV_NAMES)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _client_endpoint(value: object) -> str:
@@ -61,6 +82,38 @@ class ForwardTarget:
         "tries 127.0.0.1:9050 then 9150); any Twisted client endpoint.",
         parse=_client_endpoint,
     )
+    proxy_protocol: int | None = setting(
+        "Send a PROXY protocol header to the backend before the client's bytes: `\"v1\"` "
+        "(text) or `\"v2\"` (binary, with `proxy_tlvs`). It carries the real client "
+        "address (the one a trusted load balancer's header gave, if any) and the address "
+        "the client connected to; IPv4-mapped IPv6 is sent as TCP4, UNIX sockets as "
+        "UNIX (v2) or UNKNOWN (v1). The backend must expect it (Prosody `mod_net_proxy`, "
+        "nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).",
+        default=None,
+        parse=_proxy_version,
+        shown="none",
+    )
+    proxy_tlvs: tuple[str, ...] = setting(
+        "TLVs added to a v2 header: `alpn` and `authority` (passthrough: the first ALPN "
+        "the ClientHello offered and its SNI; after TLS termination: the negotiated ALPN "
+        "and the SNI; otherwise what a trusted proxy in front sent), `ssl` (the client's "
+        "TLS session when gatekeep terminated it, or the SSL TLV received), `unique_id` "
+        "(the one received, else a new random id, logged as the `unique_id` fact), "
+        "`crc32c` (a checksum of the header).",
+        default=(),
+        parse=_tlv_names,
+        shown="`[]`",
+    )
+    transparent: bool = setting(
+        "Connect to the backend from the client's own IP address (Linux `IP_TRANSPARENT`, "
+        "like HAProxy `usesrc clientip`), for backends that speak no PROXY protocol. `to` "
+        "must be `tcp:IP:PORT` of the client's family. Needs CAP_NET_ADMIN and policy "
+        "routing that delivers the backend's replies to gatekeep: see the transparent "
+        "recipe.",
+        default=False,
+        parse=expect(bool, "true or false"),
+        shown="`false`",
+    )
     # Parsed endpoints per reactor: parsing per connection would cost more than
     # the connect itself.
     _endpoints: weakref.WeakKeyDictionary[Any, IStreamClientEndpoint] = attrs.field(
@@ -72,21 +125,47 @@ class ForwardTarget:
             endpoint = self._endpoints[reactor] = clientFromString(reactor, self.to)
         return endpoint
 
+    def __attrs_post_init__(self) -> None:
+        if self.proxy_tlvs and self.proxy_protocol != 2:
+            raise ValueError('impossible combination: proxy_tlvs needs proxy_protocol = "v2"')
+        if self.transparent:
+            parse_tcp_destination(self.to)  # ValueError: the backend must be tcp:IP:PORT
+
+    def _transparent(self, inbound: Inbound) -> IStreamClientEndpoint:
+        host, port = parse_tcp_destination(self.to)
+        client = inbound.client
+        source = plain_ip(client.host) if isinstance(client, IPv4Address | IPv6Address) else None
+        return TransparentEndpoint(inbound.reactor, host, port, source)
+
     def attach(self, inbound: Inbound) -> Protocol:
         inbound.record.backend = self.to
-        return ClientSide(inbound, self.endpoint(inbound.reactor))
+        preamble = b""
+        if self.proxy_protocol is not None:
+            preamble = outgoing_header(inbound, self.proxy_protocol, self.proxy_tlvs)
+        endpoint = self._transparent(inbound) if self.transparent \
+            else self.endpoint(inbound.reactor)
+        return ClientSide(inbound, endpoint, preamble)
 
     def describe(self) -> str:
-        return f"forward to {self.to}"
+        extra = f" with PROXY v{self.proxy_protocol}" if self.proxy_protocol else ""
+        if self.proxy_tlvs:
+            extra += f" (TLVs: {', '.join(self.proxy_tlvs)})"
+        if self.transparent:
+            extra += ", transparent (from the client's address)"
+        return f"forward to {self.to}{extra}"
 
 
 @implementer(IHalfCloseableProtocol)
 class ClientSide(Protocol):
     """Takes over the client's connection until the backend answers, then relays."""
 
-    def __init__(self, inbound: Inbound, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(
+        self, inbound: Inbound, endpoint: IStreamClientEndpoint, preamble: bytes = b"",
+    ) -> None:
         self.inbound = inbound
         self.endpoint = endpoint
+        #: Written to the backend before anything else (a PROXY header).
+        self.preamble = preamble
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
         self._connecting: defer.Deferred[Any] | None = None
@@ -129,6 +208,8 @@ class ClientSide(Protocol):
         metrics.backend_connected(inbound.listener, inbound.route.name,
                                   inbound.reactor.seconds() - self._started)
         pending, self._pending = self._pending, []
+        if self.preamble:
+            pending.insert(0, self.preamble)
         assert self.relay is not None
         self.relay.joined(backend, pending)
 

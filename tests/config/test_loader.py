@@ -183,10 +183,10 @@ def test_bad_values(registry: Registry) -> None:
 
 def test_unknown_target_option(registry: Registry) -> None:
     text = GOOD.replace('forward = { to = "tcp:127.0.0.1:8080" }',
-                        'forward = { to = "tcp:127.0.0.1:8080", proxy_protocol = "v2" }')
+                        'forward = { to = "tcp:127.0.0.1:8080", transparent = true }')
     error = one_error(text, registry)
-    assert error.startswith("service.edge.route[2].forward.proxy_protocol: 'proxy_protocol' "
-                            "belongs to the PROXY protocol (issue 5)")
+    assert error.startswith("service.edge.route[2].forward.transparent: 'transparent' "
+                            "belongs to transparent mode (issue 5)")
 
 
 def test_app_factory_that_cannot_be_imported(registry: Registry) -> None:
@@ -232,3 +232,72 @@ def test_name_patterns_are_canonical(registry: Registry) -> None:
 def test_bad_name_patterns(registry: Registry, bad: str) -> None:
     error = one_error(GOOD.replace('"*.example.org"', f'"{bad}"'), registry)
     assert error.startswith(f"service.edge.route[0].match.tls.sni: bad name pattern '{bad}'")
+
+
+def test_proxy_protocol_listener_keys(registry: Registry) -> None:
+    text = GOOD.replace('name = "public"', 'name = "public"\nproxy_protocol = "required"\n'
+                        'trusted_proxies = ["10.0.0.0/8", "::1", "127.0.0.1", "unix"]', 1)
+    config = load_config(text, registry)
+    public = config.listeners[0]
+    assert public.proxy_protocol == "required"
+    assert public.trusted_proxies == ("10.0.0.0/8", "::1/128", "127.0.0.1/32", "unix")
+    assert config.listeners[1].proxy_protocol == "off"
+
+
+@pytest.mark.parametrize("keys, error", [
+    ('proxy_protocol = "on"',
+     "listener[0].proxy_protocol: expected \"off\", \"optional\" or \"required\", not 'on'"),
+    ('proxy_protocol = "optional"',
+     "listener[0].trusted_proxies: impossible combination: proxy_protocol = \"optional\" "
+     "honours headers only from trusted_proxies, and none are listed"),
+    ('proxy_protocol = "required"\ntrusted_proxies = ["10.0.0.1/8"]',
+     "listener[0].trusted_proxies: '10.0.0.1/8' has host bits set: did you mean '10.0.0.0/8'?"),
+    ('proxy_protocol = "required"\ntrusted_proxies = ["lb.example.org"]',
+     "listener[0].trusted_proxies: 'lb.example.org' is not an IPv4/IPv6 address"),
+    ('proxy_protocol = "required"\ntrusted_proxies = "10.0.0.0/8"',
+     "listener[0].trusted_proxies: expected a list of CIDR strings"),
+])
+def test_proxy_protocol_listener_errors(registry: Registry, keys: str, error: str) -> None:
+    text = GOOD.replace('name = "public"', 'name = "public"\n' + keys, 1)
+    assert one_error(text, registry).startswith(error)
+
+
+def test_trusted_proxies_without_proxy_protocol_warns(registry: Registry) -> None:
+    text = GOOD.replace('name = "public"', 'name = "public"\ntrusted_proxies = ["::1"]', 1)
+    assert load_config(text, registry).warnings == (
+        'listener[0].trusted_proxies: has no effect while proxy_protocol = "off"',)
+
+
+def test_match_proxy_facts_are_checked(registry: Registry) -> None:
+    text = GOOD.replace('match.xmpp = { to = "example.org", ns = ["jabber:client"] }',
+                        'match.proxy = { authority = ["*.example.org"], ssl = true }')
+    route = load_config(text, registry).services["edge"].routes[1]
+    assert route.detector == "proxy"
+    assert route.conditions == (Condition("authority", ("*.example.org",)),
+                                Condition("ssl", (True,)))
+    error = one_error(text.replace("ssl = true", "sni = ['x']"), registry)
+    assert error.startswith("service.edge.route[1].match.proxy.sni: unknown key 'sni'")
+
+
+def test_forward_proxy_protocol_options(registry: Registry) -> None:
+    text = GOOD.replace('forward = { to = "tcp:127.0.0.1:8080" }',
+                        'forward = { to = "tcp:127.0.0.1:8080", proxy_protocol = "v2", '
+                        'proxy_tlvs = ["alpn", "authority", "crc32c"] }')
+    target = load_config(text, registry).services["edge"].routes[2].target
+    assert isinstance(target, ForwardTarget)
+    assert (target.proxy_protocol, target.proxy_tlvs) == (2, ("alpn", "authority", "crc32c"))
+
+
+@pytest.mark.parametrize("options, error", [
+    ('proxy_protocol = "v3"', 'forward.proxy_protocol: expected "v1" or "v2", not \'v3\''),
+    ('proxy_protocol = "v2", proxy_tlvs = ["sni"]',
+     "forward.proxy_tlvs: unknown TLV 'sni'; known: alpn, authority, ssl, unique_id, crc32c"),
+    ('proxy_protocol = "v1", proxy_tlvs = ["alpn"]',
+     'forward: impossible combination: proxy_tlvs needs proxy_protocol = "v2"'),
+    ('proxy_tlvs = ["alpn"]',
+     'forward: impossible combination: proxy_tlvs needs proxy_protocol = "v2"'),
+])
+def test_forward_proxy_protocol_errors(registry: Registry, options: str, error: str) -> None:
+    text = GOOD.replace('forward = { to = "tcp:127.0.0.1:8080" }',
+                        'forward = { to = "tcp:127.0.0.1:8080", ' + options + " }")
+    assert one_error(text, registry) == "service.edge.route[2]." + error

@@ -248,7 +248,7 @@ def slixmpp_python() -> str:
 
 
 def xmpp_login(port: int, jid: str, password: str, cafile: Path, *, direct_tls: bool,
-               alpn: Sequence[str] = (), sni: str | None = None,
+               alpn: Sequence[str] = (), sni: str | None = None, bind: str | None = None,
                timeout: float = 15.0) -> Result:
     argv: list[str | Path] = [
         slixmpp_python(), HERE / "xmpp_login.py", "--host", "127.0.0.1", "--port", str(port),
@@ -259,4 +259,6 @@ def xmpp_login(port: int, jid: str, password: str, cafile: Path, *, direct_tls: 
         argv += ["--alpn", protocol]
     if sni:
         argv += ["--sni", sni]
+    if bind:
+        argv += ["--bind", bind]
     return run(argv, timeout=timeout + 10)

@@ -103,14 +103,14 @@ class Prosody:
         return f"{XMPP_USER}@{self.domain}"
 
 
-def start_prosody(root: Path, certificate: Certificate) -> Prosody:
+def start_prosody(root: Path, certificate: Certificate, template: str = _PROSODY_CFG) -> Prosody:
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     c2s = free_port()
     direct_tls = free_port()
     log = root / "prosody.log"
     config = root / "prosody.cfg.lua"
-    config.write_text(_PROSODY_CFG.format(
+    config.write_text(template.format(
         pidfile=_lua(root / "prosody.pid"), data=_lua(root / "data"),
         certs=_lua(certificate.directory), cert=_lua(certificate.cert),
         key=_lua(certificate.key), c2s=c2s, direct_tls=direct_tls, log=_lua(log),

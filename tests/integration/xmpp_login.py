@@ -113,6 +113,15 @@ async def run(args: argparse.Namespace) -> tuple[int, str]:
     client.enable_plaintext = False
     if args.sni:
         client.default_domain = args.sni  # TLS server name; the stream still says to=domain
+    if args.bind:
+        # slixmpp has no source-address option; its connections go through this call.
+        create_connection = loop.create_connection
+
+        def bound(*positional: Any, **named: Any) -> Any:
+            named.setdefault("local_addr", (args.bind, 0))
+            return create_connection(*positional, **named)
+
+        loop.create_connection = bound  # type: ignore[method-assign]
     client.connect(args.host, args.port)
     try:
         code, message = await asyncio.wait_for(done, args.timeout)
@@ -136,6 +145,7 @@ def main() -> None:
     parser.add_argument("--direct-tls", action="store_true")
     parser.add_argument("--alpn", action="append", help="ALPN protocol to offer (repeatable)")
     parser.add_argument("--sni", help="TLS server name instead of the JID's domain")
+    parser.add_argument("--bind", help="local source address, e.g. 127.0.0.5")
     parser.add_argument("--cafile", required=True)
     parser.add_argument("--timeout", type=float, default=15.0)
     parser.add_argument("-v", "--verbose", action="store_true", help="slixmpp debug log")

@@ -183,10 +183,11 @@ def test_bad_values(registry: Registry) -> None:
 
 def test_unknown_target_option(registry: Registry) -> None:
     text = GOOD.replace('forward = { to = "tcp:127.0.0.1:8080" }',
-                        'forward = { to = "tcp:127.0.0.1:8080", transparent = true }')
+                        'forward = { to = "tcp:127.0.0.1:8080", proxy_protocl = "v2" }')
     error = one_error(text, registry)
-    assert error.startswith("service.edge.route[2].forward.transparent: 'transparent' "
-                            "belongs to transparent mode (issue 5)")
+    assert error.startswith("service.edge.route[2].forward.proxy_protocl: unknown key "
+                            "'proxy_protocl'")
+    assert "did you mean 'proxy_protocol'?" in error
 
 
 def test_app_factory_that_cannot_be_imported(registry: Registry) -> None:

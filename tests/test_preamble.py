@@ -369,3 +369,48 @@ def test_any_bytes_any_split_same_outcome(
     points = sorted({c for c in cuts if 0 < c < len(data)})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert _outcome(mode, peer, chunks) == _outcome(mode, peer, [data])
+
+
+def test_onion_listeners_take_tors_proxy_line() -> None:
+    from gatekeep.config.loader import load_config
+    from gatekeep.registry import load_registry
+    from gatekeep.service import GatekeepService
+
+    text = """
+[[listener]]
+name = "onion"
+service = "edge"
+[listener.tor]
+ports = [80]
+key_dir = "/var/lib/gatekeep/onion"
+
+[[listener]]
+name = "tcp"
+endpoint = "tcp:8080"
+service = "edge"
+
+[service.edge]
+[[service.edge.route]]
+name = "all"
+reject = {}
+"""
+    onion, tcp = load_config(text, load_registry()).listeners
+    policy = GatekeepService._proxy_policy(onion)
+    assert policy.mode == "required"
+    assert policy.trusts(IPv4Address("TCP", "127.0.0.1", 5)) and policy.trusts(
+        IPv6Address("TCP", "::1", 5))
+    assert not policy.trusts(IPv4Address("TCP", "127.0.0.2", 5))
+    assert GatekeepService._proxy_policy(tcp).mode == "off"
+    # What tor writes (HiddenServiceExportCircuitID haproxy): the circuit is the client.
+    clock = Clock()
+    target = RecordingTarget()
+    runtime = ListenerRuntime.build(
+        "onion", Service("svc", (Route("all", None, (), target),)), {}, 5.0, clock,
+        proxy=policy)
+    protocol = SniffingProtocol(runtime)
+    protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000)))
+    protocol.dataReceived(b"PROXY TCP6 fc00:dead:beef:4dad::0:29 ::1 65535 80\r\nGET /")
+    [attached] = target.attached
+    client: Any = attached.inbound.client
+    assert client == IPv6Address("TCP", "fc00:dead:beef:4dad::29", 65535)
+    assert attached.received == b"GET /"

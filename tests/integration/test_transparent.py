@@ -43,6 +43,7 @@ server.listen(16)
 print("listening", flush=True)
 while True:
     conn, peer = server.accept()
+    conn.recv(100)  # the client's line first: closing with unread data would reset
     conn.sendall(f"seen-from={peer[0]}\\n".encode())
     conn.close()
 """

@@ -18,7 +18,7 @@ import uuid
 from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import IAddress, ISSLTransport
+from twisted.internet.interfaces import IAddress
 
 from gatekeep.detectors._clienthello import ClientHello, parse_client_hello
 from gatekeep.detectors.tls import TLSDetector, host_name
@@ -77,12 +77,19 @@ def _addresses(inbound: Inbound) -> tuple[Family, Address | None, Address | None
 
 
 def _tls_connection(inbound: Inbound) -> Any:
-    """The OpenSSL connection when gatekeep itself terminated the client's TLS."""
-    transport = inbound.transport
-    if not ISSLTransport.providedBy(transport):
+    """
+    The OpenSSL connection when gatekeep itself terminated the client's TLS.
+
+    Any transport whose ``getHandle()`` is a pyOpenSSL connection counts (Twisted's
+    ISSLTransport ones, and ``terminate``'s own); a TCP transport's handle is a socket.
+    """
+    from OpenSSL import SSL
+
+    get_handle = getattr(inbound.transport, "getHandle", None)
+    if get_handle is None:
         return None
-    get_handle = getattr(transport, "getHandle", None)
-    return get_handle() if get_handle is not None else None
+    handle = get_handle()
+    return handle if isinstance(handle, SSL.Connection) else None
 
 
 def _client_hello(inbound: Inbound) -> ClientHello | None:

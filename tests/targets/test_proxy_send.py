@@ -115,6 +115,13 @@ class SendTests(SynchronousTestCase):
         sent, _ = self.backend_bytes(REQUEST, "v1", **unix)
         self.assertEqual(sent, b"PROXY UNKNOWN\r\n" + REQUEST)
 
+    def test_inet_client_on_a_unix_listener(self) -> None:
+        # A UNIX listener behind a local balancer: the client is an IP, the server a path.
+        sent, _ = self.backend_bytes(REQUEST, "v2", host=UNIXAddress(b"/run/gk.sock"))
+        header = self.header(sent, REQUEST)
+        self.assertEqual((header.family, header.source, header.destination), (
+            Family.TCP4, InetAddress(ip("198.51.100.4"), 5000), InetAddress(ip("0.0.0.0"), 0)))
+
     def test_received_client_is_passed_on_with_checksum_and_unique_id(self) -> None:
         policy = ProxyPolicy.from_settings("required", ["198.51.100.0/24"])
         upstream = b"PROXY TCP4 203.0.113.7 192.0.2.99 4242 8443\r\n"
@@ -195,6 +202,36 @@ class TerminatedSessionTests(SynchronousTestCase):
                     other.bio_write(one.bio_read(65536))
         return server
 
+    def test_terminated_session_gives_alpn_authority_and_ssl(self) -> None:
+        from gatekeep.targets.proxyheader import outgoing_header
+        from gatekeep.values import ConnectionRecord
+
+        class TLSTransport(StringTransport):
+            """Stands for the TLS transport an inner chain runs on after terminate."""
+
+            def __init__(self, connection: SSL.Connection) -> None:
+                super().__init__(peerAddress=PEER, hostAddress=HOST)
+                self.connection = connection
+
+            def getHandle(self) -> SSL.Connection:
+                return self.connection
+
+        inbound: Any = _FakeInbound(TLSTransport(self.handshake(False)),
+                                    ConnectionRecord("edge", "-", 0.0))
+        header = parse(outgoing_header(inbound, 2, ("alpn", "authority", "ssl")))
+        assert isinstance(header, ProxyHeader)
+        self.assertEqual(header.tlv(t.ALPN), b"h2")
+        self.assertEqual(header.tlv(t.AUTHORITY), b"example.test")
+        ssl = header.tlv(t.SSL)
+        assert ssl is not None
+        self.assertEqual(decode_ssl(ssl).version, "TLSv1.3")
+        # A TCP transport's handle is its socket, not TLS: no SSL TLV.
+        plain: Any = _FakeInbound(StringTransport(peerAddress=PEER, hostAddress=HOST),
+                                  ConnectionRecord("edge", "-", 0.0))
+        self.assertEqual(parse(outgoing_header(plain, 2, ("ssl",))), ProxyHeader(
+            2, Command.PROXY, Family.TCP4, InetAddress(ip("198.51.100.4"), 5000),
+            InetAddress(ip("192.0.2.1"), 443)))
+
     def test_ssl_tlv_without_and_with_a_client_certificate(self) -> None:
         plain = decode_ssl(tls_session_ssl(self.handshake(False)).encode())
         self.assertEqual((plain.client, plain.verify, plain.version, plain.cn),
@@ -203,3 +240,16 @@ class TerminatedSessionTests(SynchronousTestCase):
         with_cert = tls_session_ssl(self.handshake(True))
         self.assertEqual((with_cert.client, with_cert.verify, with_cert.cn),
                          (t.CLIENT_SSL | t.CLIENT_CERT_CONN | t.CLIENT_CERT_SESS, 0, "alice"))
+
+
+class _FakeInbound:
+    """The parts of an Inbound the header builder reads."""
+
+    def __init__(self, transport: Any, record: Any) -> None:
+        self.transport = transport
+        self.client = transport.getPeer()
+        self.server = transport.getHost()
+        self.detector = "xmpp"
+        self.prefix = b""
+        self.proxy = None
+        self.record = record

@@ -15,7 +15,6 @@ from typing import Any
 import txtorcon
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 
@@ -26,7 +25,7 @@ from gatekeep.onion.hsconf import (
     without,
 )
 
-__all__ = ["TorControl", "TorError", "connect_control", "read_hostname"]
+__all__ = ["TorControl", "TorError", "UploadWatch", "connect_control", "read_hostname"]
 
 #: One lock per tor (by control endpoint): HiddenService changes are read-modify-write.
 _locks: dict[str, defer.DeferredLock] = {}
@@ -82,7 +81,9 @@ async def connect_control(
     proto: Any
     try:
         proto = await endpoint.connect(_Factory(password, cookie))
-    except ConnectError as error:
+    except defer.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - ConnectError, DNSLookupError, endpoint bugs
         raise TorError(f"cannot connect to {where}: {error}") from None
     try:
         await proto.post_bootstrap
@@ -162,32 +163,9 @@ class TorControl:
                 await self.protocol.remove_event_listener("WARN", warnings.append)
             self._lock.release()
 
-    def first_upload(self, address: str) -> defer.Deferred[None]:
-        """
-        Fires at the first ``HS_DESC UPLOADED`` for ``address`` (without ``.onion``):
-        the service can be reached from then on (a first fetch may still need a retry).
-        """
-        done: defer.Deferred[None] = defer.Deferred(lambda _: stop())
-
-        def on_hs_desc(event: str) -> None:
-            words = event.split()
-            if len(words) >= 2 and words[0] == "UPLOADED" and words[1] == address:
-                stop()
-                if not done.called:
-                    done.callback(None)
-
-        def stop() -> None:
-            if on_hs_desc in listeners:
-                listeners.remove(on_hs_desc)
-                _quietly(self.protocol.remove_event_listener("HS_DESC", on_hs_desc))
-
-        def failed(failure: Failure) -> None:
-            if not done.called:
-                done.errback(failure)
-
-        listeners = [on_hs_desc]
-        self.protocol.add_event_listener("HS_DESC", on_hs_desc).addErrback(failed)
-        return done
+    def watch_uploads(self) -> UploadWatch:
+        """Start noting descriptor uploads (before publishing, so none is missed)."""
+        return UploadWatch(self.protocol)
 
     async def bootstrap_phase(self) -> str:
         """tor's bootstrap summary, e.g. ``... PROGRESS=45 ... SUMMARY="Loading relays"``."""
@@ -198,6 +176,55 @@ class TorControl:
         transport = self.protocol.transport
         if transport is not None:
             transport.loseConnection()
+
+
+class UploadWatch:
+    """
+    Notes every onion address tor uploads a descriptor for (``HS_DESC UPLOADED``), so
+    that :meth:`uploaded` can say when a service became reachable, even if that
+    happened before its address was known.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.seen: set[str] = set()
+        self._waiting: dict[str, list[defer.Deferred[None]]] = {}
+        self._listening = True
+        self.failed: Failure | None = None
+        protocol.add_event_listener("HS_DESC", self._event).addErrback(self._failed)
+
+    def _event(self, text: str) -> None:
+        words = text.split()
+        if len(words) >= 2 and words[0] == "UPLOADED":
+            self.seen.add(words[1])
+            for waiting in self._waiting.pop(words[1], []):
+                waiting.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failed = failure
+        for waiters in self._waiting.values():
+            for waiting in waiters:
+                waiting.errback(failure)
+        self._waiting.clear()
+
+    def uploaded(self, address: str) -> defer.Deferred[None]:
+        """
+        Fires at the first upload for ``address`` (without ``.onion``): the service can
+        be reached from then on (a first fetch may still need a retry).
+        """
+        if address in self.seen:
+            return defer.succeed(None)
+        if self.failed is not None:
+            return defer.fail(self.failed)
+        waiters = self._waiting.setdefault(address, [])
+        waiting: defer.Deferred[None] = defer.Deferred(lambda d: waiters.remove(d))
+        waiters.append(waiting)
+        return waiting
+
+    def stop(self) -> None:
+        if self._listening:
+            self._listening = False
+            _quietly(self.protocol.remove_event_listener("HS_DESC", self._event))
 
 
 def _quietly(result: Any) -> None:

@@ -20,7 +20,13 @@ from twisted.python.failure import Failure
 
 from gatekeep.config.model import ListenerConfig
 from gatekeep.config.tor import TorSettings
-from gatekeep.onion.control import TorControl, TorError, connect_control, read_hostname
+from gatekeep.onion.control import (
+    TorControl,
+    TorError,
+    UploadWatch,
+    connect_control,
+    read_hostname,
+)
 from gatekeep.onion.keydir import prepare_key_dir
 from gatekeep.onion.launch import LaunchedTor, launch_tor
 from gatekeep.service import ListenerService
@@ -119,6 +125,11 @@ class OnionListenerService(ListenerService):
                     why = await self._launched.exit_reason(why)
             except TorError as error:
                 why = str(error)
+            except defer.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug must not end the retries
+                log.failure("listener {listener}: unexpected error", listener=self.listener.name)
+                why = "unexpected error (see the traceback above)"
             if not self.running:
                 return
             delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
@@ -144,24 +155,30 @@ class OnionListenerService(ListenerService):
         lost = control.when_lost().addCallback(lambda _: "the connection to tor closed")
         # A running tor is often another user: let its group (gatekeep's, for the control
         # cookie) read the address. A tor we launch is us.
-        await control.publish(tor.key_dir, tor.ports, self.target, group_readable=not tor.launches)
-        self.onion_address = read_hostname(tor.key_dir)
+        watch = control.watch_uploads()
+        try:
+            await control.publish(tor.key_dir, tor.ports, self.target,
+                                  group_readable=not tor.launches)
+            self.onion_address = read_hostname(tor.key_dir)
+        except BaseException:
+            watch.stop()
+            raise
         log.info("listener {listener}: onion address {address} (ports {ports} -> {target}), "
                  "tor {version}{auth}; publishing", listener=name, address=self.onion_address,
                  ports=",".join(map(str, tor.ports)), target=self.target,
                  version=control.version,
                  auth=f", {len(tor.client_auth)} authorized clients" if tor.client_auth else "")
         # A lost connection is reported by the loop, not here.
-        self._announcing = defer.ensureDeferred(self._announce(control, self.onion_address))
+        self._announcing = defer.ensureDeferred(self._announce(control, watch, self.onion_address))
         self._announcing.addErrback(lambda _: None)
         return lost
 
-    async def _announce(self, control: TorControl, address: str) -> None:
-        uploaded = control.first_upload(address.removesuffix(".onion"))
+    async def _announce(self, control: TorControl, watch: UploadWatch, address: str) -> None:
         slow = self.reactor.callLater(SLOW_PUBLISH, self._still_waiting, control)
         try:
-            await uploaded
+            await watch.uploaded(address.removesuffix(".onion"))
         finally:
+            watch.stop()
             if slow.active():
                 slow.cancel()
         self.published = True

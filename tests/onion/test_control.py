@@ -81,22 +81,31 @@ class TorControlTests(SynchronousTestCase):
         self.assertIn("HiddenServiceDir=/srv/one", proto.hidden_services)
         self.assertIn("HiddenServiceDir=/srv/two", proto.hidden_services)
 
-    def test_first_upload_waits_for_our_uploaded_descriptor(self) -> None:
+    def test_upload_watch_waits_for_our_uploaded_descriptor(self) -> None:
         proto = FakeControlProtocol()
-        uploaded = self.control(proto).first_upload(ADDRESS)
+        watch = self.control(proto).watch_uploads()
+        uploaded = watch.uploaded(ADDRESS)
         proto.emit("HS_DESC", f"UPLOAD {ADDRESS} UNKNOWN $AAAA~relay0 descid")
         proto.emit("HS_DESC", f"UPLOADED {'b' * 56} UNKNOWN $AAAA~relay0")
         self.assertNoResult(uploaded)
         proto.emit("HS_DESC", f"UPLOADED {ADDRESS} UNKNOWN $AAAA~relay0")
         self.assertIsNone(self.successResultOf(uploaded))
+        watch.stop()
         self.assertEqual(proto.listeners["HS_DESC"], [])
 
-    def test_cancelling_the_wait_stops_listening(self) -> None:
+    def test_an_upload_before_the_address_was_known_counts(self) -> None:
         proto = FakeControlProtocol()
-        uploaded = self.control(proto).first_upload(ADDRESS)
+        watch = self.control(proto).watch_uploads()
+        proto.emit("HS_DESC", f"UPLOADED {ADDRESS} UNKNOWN $AAAA~relay0")
+        self.assertIsNone(self.successResultOf(watch.uploaded(ADDRESS)))
+
+    def test_cancelling_a_wait(self) -> None:
+        proto = FakeControlProtocol()
+        watch = self.control(proto).watch_uploads()
+        uploaded = watch.uploaded(ADDRESS)
         uploaded.cancel()
         self.failureResultOf(uploaded, defer.CancelledError)
-        self.assertEqual(proto.listeners["HS_DESC"], [])
+        proto.emit("HS_DESC", f"UPLOADED {ADDRESS} UNKNOWN $AAAA~relay0")  # nobody to tell
 
     def test_when_lost_fires_without_an_error(self) -> None:
         proto = FakeControlProtocol()

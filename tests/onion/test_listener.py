@@ -53,6 +53,8 @@ class OnionListenerTests(SynchronousTestCase):
             if line.startswith("SETCONF"):  # as tor does: the address exists at once
                 self.key_dir.mkdir(exist_ok=True)
                 (self.key_dir / "hostname").write_text(f"{ADDRESS}.onion\n")
+                if outcome == "instant":  # uploaded before gatekeep has read the address
+                    proto.emit("HS_DESC", f"UPLOADED {ADDRESS} UNKNOWN $AAAA~relay0")
             return original(line)
 
         proto.queue_command = tor_writes_hostname  # type: ignore[method-assign]
@@ -86,6 +88,12 @@ class OnionListenerTests(SynchronousTestCase):
         self.assertEqual(proto.commands[-1], "RESETCONF HiddenServiceDir")  # unpublished
         self.assertIsNone(proto.transport)  # and disconnected
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_an_upload_before_the_address_was_read_is_not_missed(self) -> None:
+        self.outcomes = ["instant"]
+        self.service.startService()
+        self.assertTrue(self.service.published)
+        self.successResultOf(self.service.stopService())
 
     def test_failures_are_logged_and_retried_with_growing_delays(self) -> None:
         self.outcomes = [TorError("cannot connect to tor's control port: refused"),

@@ -47,18 +47,19 @@ def _verdict_text(verdict: Verdict) -> str:
 
 def _preamble(listener: ListenerConfig, data: bytes) -> tuple[list[str], Verdict | None, int]:
     """What the listener's PROXY preamble makes of ``data``, as if sent by a trusted proxy."""
-    if listener.proxy_protocol == "off":
+    mode = listener.proxy_mode
+    if mode == "off":
         return [], None, 0
-    outcome = step(listener.proxy_protocol, True, data, None)
+    outcome = step(mode, True, data, None)
     if not isinstance(outcome, Done | Refuse):
-        outcome = step(listener.proxy_protocol, True, data, "the input ends")
+        outcome = step(mode, True, data, "the input ends")
     if isinstance(outcome, Refuse):
-        return [f"PROXY preamble ({listener.proxy_protocol}, from a trusted proxy): "
+        return [f"PROXY preamble ({mode}, from a trusted proxy): "
                 f"the connection is closed: {outcome.reason}"], None, -1
     assert isinstance(outcome, Done)
     header = outcome.header
     if header is None:
-        return [f"PROXY preamble ({listener.proxy_protocol}): no header; detection starts "
+        return [f"PROXY preamble ({mode}): no header; detection starts "
                 "at the first byte"], NoMatch("no PROXY header"), 0
     facts = header_facts(header)
     source = header.source if header.relayed else "(the real peer: kept)"

@@ -202,7 +202,7 @@ class GatekeepService(MultiService):
         if listener.tor is not None:
             # tor delivers every stream over loopback with a PROXY v1 line naming the
             # circuit (HiddenServiceExportCircuitID haproxy): that is the client.
-            return ProxyPolicy.from_settings("required", ["127.0.0.1/32", "::1/128"])
+            return ProxyPolicy.from_settings(listener.proxy_mode, ["127.0.0.1/32", "::1/128"])
         return ProxyPolicy.from_settings(listener.proxy_protocol, listener.trusted_proxies)
 
     def _listener_service(self, listener: ListenerConfig, config: Config) -> ListenerService:

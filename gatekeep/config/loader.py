@@ -145,6 +145,12 @@ class _Loader:
                            'e.g. endpoint = "tcp:443"; or, for an onion service, a '
                            "[listener.tor] table")
                 continue
+            if tor is not None and (listener.proxy_protocol != "off" or listener.trusted_proxies):
+                key = "proxy_protocol" if "proxy_protocol" in plain else "trusted_proxies"
+                self.error(key_path(path, key), "not used on an onion listener: tor sends a "
+                           "PROXY line with every stream, which gatekeep always reads",
+                           f"remove {key}")
+                continue
             if listener.endpoint is not None and tor is not None:
                 self.error(path, "impossible combination: both `endpoint` and a "
                            "[listener.tor] table",

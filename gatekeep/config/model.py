@@ -142,6 +142,11 @@ class ListenerConfig:
     tor: TorSettings | None = attrs.field(default=None, kw_only=True)
 
     @property
+    def proxy_mode(self) -> ProxyMode:
+        """``proxy_protocol`` as applied: an onion listener always reads tor's PROXY line."""
+        return "required" if self.tor is not None else self.proxy_protocol
+
+    @property
     def where(self) -> str:
         """The endpoint, or the onion ports, for route tables and messages."""
         if self.tor is not None:

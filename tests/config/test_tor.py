@@ -174,3 +174,25 @@ def test_split_endpoint_inverts_escaping(args: list[str], kwargs: dict[str, str]
                     + [f"{_escape(k)}={_escape(v)}" for k, v in kwargs.items()])
     assert split_endpoint(text) == (args, kwargs)
 
+
+
+def test_onion_listeners_read_tors_proxy_line_by_themselves(registry: Registry) -> None:
+    (error,) = errors_of(config_text(extra='proxy_protocol = "optional"\n'
+                                           'trusted_proxies = ["127.0.0.1/32"]'), registry)
+    assert error.startswith("listener[1].proxy_protocol: not used on an onion listener")
+    config = load_config(config_text(), registry)
+    assert config.listeners[1].proxy_mode == "required"
+    assert config.listeners[0].proxy_mode == "off"
+
+
+def test_explain_consumes_tors_proxy_line_on_an_onion_listener(registry: Registry) -> None:
+    from gatekeep.explain import explain
+
+    config = load_config(config_text(), registry)
+    data = b"PROXY TCP6 fc00:dead:beef:4dad::0:1d ::1 29 80\r\nGET / HTTP/1.1\r\n\r\n"
+    report = explain(config, registry, "onion", data)
+    assert "PROXY preamble: v1 header of 48 bytes, client [fc00:dead:beef:4dad::1d]:29;" \
+        in report, report
+    # Detection starts after the line: HTTP is recognised, and the route is taken.
+    assert "  http   match   method=GET path=/ version=1.1" in report, report
+    assert "1. web: taken" in report, report

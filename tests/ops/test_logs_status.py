@@ -159,3 +159,27 @@ class StatusPageTests(SynchronousTestCase):
                 "log_format": "fine", "outcome": "ok", "log_time": 0.0})
         self.assertEqual([(e.level, e.text) for e in errors.lines],
                          [("error", "1.2.3.4:5 failed")])
+
+
+class ObserverForTests(SynchronousTestCase):
+    def test_json_to_the_logfile_twistd_was_given(self) -> None:
+        import os
+        import tempfile
+
+        from twisted.logger import LogPublisher
+        from twisted.python.usage import UsageError
+
+        from gatekeep.logformat import observer_for
+        from gatekeep.tap import Options
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "gk.log")
+            publisher = LogPublisher()
+            publisher.addObserver(observer_for("json", path, nodaemon=False))
+            Logger(namespace="t", observer=publisher).info("hello {who}", who="you")
+            with open(path, encoding="utf-8") as log_file:
+                [line] = log_file.read().splitlines()
+        self.assertEqual((json.loads(line)["message"], json.loads(line)["who"]),
+                         ("hello you", "you"))
+        with self.assertRaises(UsageError):
+            Options().parseOptions(["--log-format", "xml"])

@@ -30,6 +30,7 @@ __all__ = [
     "connections_by_route",
     "detected",
     "exposition",
+    "open_by_route",
     "outcome_of",
     "refused",
     "reloaded",
@@ -198,6 +199,16 @@ def value(name: str, **labels: str) -> float:
     """The current value of one series (0 if it does not exist yet); for tests and /status."""
     found = REGISTRY.get_sample_value(name, labels)
     return found if found is not None else 0.0
+
+
+def open_by_route() -> dict[tuple[str, str], int]:
+    """Open connections that have a route, per (listener, route)."""
+    counts: dict[tuple[str, str], int] = {}
+    for record, _, _ in _open.values():
+        if record.route is not None:
+            key = (record.listener, record.route)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def connections_by_route() -> dict[tuple[str, str], int]:

@@ -372,6 +372,7 @@ class GatekeepService(MultiService):
 
     def snapshot(self) -> Snapshot:
         totals = metrics.connections_by_route()
+        live = metrics.open_by_route()
         config = self.config
         listeners = tuple(
             ListenerStatus(s.listener.name, s.listener.where, s.address(), s.listener.service,
@@ -383,7 +384,8 @@ class GatekeepService(MultiService):
             using = [lc.name for lc in config.listeners if lc.service == service.name]
             routes = tuple(
                 RouteStatus(r.name, describe_match(r), r.target.describe(),
-                            sum(totals.get((name, r.name), 0) for name in using))
+                            sum(totals.get((name, r.name), 0) for name in using),
+                            sum(live.get((name, r.name), 0) for name in using))
                 for r in service.routes)
             services.append(ServiceStatus(service.name, service.default, routes))
         return Snapshot(

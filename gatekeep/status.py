@@ -44,6 +44,7 @@ class RouteStatus:
     match: str
     action: str
     connections: int
+    open: int = 0
 
 
 @attrs.frozen
@@ -161,10 +162,10 @@ def render_status(snap: Snapshot) -> bytes:
         out.append(f"<h2>Service {esc(service.name)}</h2>"
                    f'<p class="meta">default route: {esc(default)}</p>')
         out.append("<table><tr><th>#</th><th>route</th><th>match</th><th>action</th>"
-                   "<th>connections</th></tr>")
+                   "<th>open</th><th>finished</th></tr>")
         for number, route in enumerate(service.routes, 1):
-            out.append(_row([number, route.name, route.match, route.action,
-                             route.connections], numeric=(0, 4)))
+            out.append(_row([number, route.name, route.match, route.action, route.open,
+                             route.connections], numeric=(0, 4, 5)))
         out.append("</table>")
     out.append("<h2>Recent errors</h2>")
     if not snap.errors:

@@ -121,7 +121,7 @@ class StatusPageTests(SynchronousTestCase):
             listeners=(ListenerStatus("public", "tcp:443", "0.0.0.0:443", "edge", 7, 1234),),
             services=(ServiceStatus("edge", "web", (
                 RouteStatus("xmpp", "tls alpn=xmpp-client", "forward to tcp:127.0.0.1:5223", 5),
-                RouteStatus("<web>", "(catch-all)", "forward to tcp:127.0.0.1:8443", 1229),
+                RouteStatus("<web>", "(catch-all)", "forward to tcp:127.0.0.1:8443", 1229, 6),
             )),),
             errors=tuple(errors.lines))
 
@@ -144,7 +144,7 @@ class StatusPageTests(SynchronousTestCase):
         self.assertTrue(page.startswith("<!DOCTYPE html>"))
         self.assertNotIn("<script", page)
         for text in ("public", "tcp:443", "0.0.0.0:443", ">7<", ">1234<", "tls alpn=xmpp-client",
-                     "forward to tcp:127.0.0.1:5223", ">1229<", "up 01:02:03",
+                     "forward to tcp:127.0.0.1:5223", ">1229<", ">6<", "up 01:02:03",
                      "backend &lt;b&gt;down&lt;/b&gt;", "&lt;web&gt;"):
             self.assertIn(text, page)
         self.assertNotIn("<b>down", page)

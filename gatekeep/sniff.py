@@ -2,9 +2,11 @@
 The detection chain: buffer the first bytes, ask the detectors, pick a route.
 
 One :class:`SniffingProtocol` is the transport's protocol for the whole life of a
-connection. Before a route is chosen it buffers (up to :data:`SNIFF_CAP`) and asks
-every detector the service uses; afterwards it hands each event to the protocol
-the route's target attached, counting bytes for the connection's log line.
+connection. On a listener that receives the PROXY protocol it first reads the
+header (:mod:`gatekeep.preamble`), which then names the client. Before a route is
+chosen it buffers (up to :data:`SNIFF_CAP`) and asks every detector the service
+uses; afterwards it hands each event to the protocol the route's target attached,
+counting bytes for the connection's log line.
 """
 
 from __future__ import annotations

@@ -394,7 +394,19 @@ service = "edge"
 name = "all"
 reject = {}
 """
-    onion, tcp = load_config(text, load_registry()).listeners
+    registry = load_registry()
+    onion, tcp = load_config(text, registry).listeners
+    from gatekeep.config.errors import ConfigErrors
+
+    try:
+        load_config(text.replace('name = "onion"', 'name = "onion"\nproxy_protocol = "off"\n'
+                                 'trusted_proxies = ["127.0.0.1"]'), registry)
+    except ConfigErrors as errors:
+        [error] = errors.errors
+        assert str(error).startswith("listener[0].trusted_proxies: an onion listener always "
+                                     "reads the PROXY line tor sends")
+    else:
+        raise AssertionError("accepted PROXY keys on an onion listener")
     policy = GatekeepService._proxy_policy(onion)
     assert policy.mode == "required"
     assert policy.trusts(IPv4Address("TCP", "127.0.0.1", 5)) and policy.trusts(

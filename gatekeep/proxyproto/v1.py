@@ -124,6 +124,9 @@ def _parse(data: bytes) -> ParseResult:
             return Invalid(f"no CRLF within the first {MAX_V1_LENGTH} bytes of a PROXY line")
         return Incomplete()
     line = data[:end]
+    if b"\r" in line or b"\n" in line:
+        which = "CR" if b"\r" in line else "LF"
+        return Invalid(f"bare {which} in the PROXY line (it must end with CRLF)")
     problem = _early_problem(line)
     if problem is not None:
         return Invalid(problem)

@@ -78,6 +78,9 @@ def test_every_prefix_of_a_valid_line_is_incomplete() -> None:
 @pytest.mark.parametrize("line, why", [
     (b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\n", "bare LF"),
     (b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\rX", "bare CR"),
+    # Found by atheris: a CR right before the CRLF is a bare CR, however the bytes came.
+    (b"PROXY UNKNOWN 2\r\r\n", "bare CR"),
+    (b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\r\r\n", "bare CR"),
     (b"PROXY  TCP4 1.2.3.4 1.2.3.4 1 2\r\n", "unknown protocol"),
     (b"PROXY TCP4 1.2.3.4  1.2.3.4 1 2\r\n", "one space"),
     (b"PROXY TCP5 1.2.3.4 1.2.3.4 1 2\r\n", "unknown protocol"),

@@ -403,8 +403,8 @@ reject = {}
                                  'trusted_proxies = ["127.0.0.1"]'), registry)
     except ConfigErrors as errors:
         [error] = errors.errors
-        assert str(error).startswith("listener[0].trusted_proxies: an onion listener always "
-                                     "reads the PROXY line tor sends")
+        assert str(error).startswith("listener[0].proxy_protocol: not used on an onion "
+                                     "listener")
     else:
         raise AssertionError("accepted PROXY keys on an onion listener")
     policy = GatekeepService._proxy_policy(onion)

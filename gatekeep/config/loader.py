@@ -360,14 +360,7 @@ class _Loader:
                                f"'{endpoints[value]}'")
                 endpoints.setdefault(value, listener.name)
             used.add(listener.service)
-            if listener.tor is not None and (listener.proxy_protocol != "off"
-                                             or listener.trusted_proxies):
-                self.error(key_path(path, "proxy_protocol" if listener.proxy_protocol != "off"
-                                    else "trusted_proxies"),
-                           "an onion listener always reads the PROXY line tor sends with "
-                           "each stream (the circuit is the client)",
-                           "remove proxy_protocol and trusted_proxies from this listener")
-            elif listener.proxy_protocol != "off" and not listener.trusted_proxies:
+            if listener.proxy_protocol != "off" and not listener.trusted_proxies:
                 self.error(key_path(path, "trusted_proxies"),
                            f"impossible combination: proxy_protocol = "
                            f"\"{listener.proxy_protocol}\" honours headers only from "

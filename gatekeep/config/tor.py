@@ -116,7 +116,8 @@ class TorSettings:
         default=None, parse=_control, shown="none (launch a tor)",
     )
     control_password: str | None = setting(
-        "Password for the control port (tor's `HashedControlPassword`).",
+        "Password for the control port (tor's `HashedControlPassword`); when set, it is "
+        "used even if tor also offers its cookie.",
         default=None, parse=_text, shown="none",
     )
     control_cookie: str | None = setting(

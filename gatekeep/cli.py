@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gatekeep.config.errors import ConfigErrors
-from gatekeep.config.model import Config
+from gatekeep.config.model import Config, ListenerConfig
 from gatekeep.config.units import format_duration
 from gatekeep.registry import Registry, load_registry
 from gatekeep.values import Route, Service
@@ -37,6 +37,23 @@ def service_table(service: Service) -> list[str]:
     for number, route in enumerate(service.routes, 1):
         lines.append(f"    {number}. {route.name:<{width}}  {describe_match(route):<{match_width}}"
                      f"  -> {route.target.describe()}")
+        if route.access is not None:
+            lines.append(f"       {'':<{width}}  access {route.access.describe()}")
+    return lines
+
+
+def listener_guard_lines(listener: ListenerConfig, config: Config) -> list[str]:
+    """The effective access rule and limits of a listener, for check and explain."""
+    from gatekeep.guard import limits_of
+
+    lines = []
+    if listener.access is not None:
+        lines.append(f"access {config.access[listener.access].describe()}")
+    else:
+        lines.append("access: everyone (no access rule)")
+    limits = limits_of(listener).describe()
+    if limits:
+        lines.append("limits: " + ", ".join(limits))
     return lines
 
 
@@ -50,6 +67,8 @@ def route_table(config: Config) -> str:
                      + (f"; PROXY header {listener.proxy_protocol} from "
                         f"{', '.join(listener.trusted_proxies)}"
                         if listener.proxy_protocol != "off" else "") + ")")
+        pad = " " * (width + 4)
+        lines.extend(f"  {pad}{line}" for line in listener_guard_lines(listener, config))
     lines.append("services:")
     for service in config.services.values():
         lines.extend(service_table(service))
@@ -101,8 +120,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"gatekeep explain: cannot read {args.input!r}: {error}", file=sys.stderr)
         return 1
+    client = None
+    if args.client is not None:
+        from gatekeep.explain import parse_client
+
+        try:
+            client = parse_client(args.client)
+        except ValueError as error:
+            print(f"gatekeep explain: --client: {error}", file=sys.stderr)
+            return 1
     try:
-        text = explain(config, registry, args.listener, data)
+        text = explain(config, registry, args.listener, data, client)
     except KeyError as error:
         print(f"gatekeep explain: {error.args[0]}", file=sys.stderr)
         return 1
@@ -171,6 +199,9 @@ def parser() -> argparse.ArgumentParser:
         "explain", help="show how a listener would route captured bytes, and why")
     explain.add_argument("config")
     explain.add_argument("--listener", required=True, help="the [[listener]] name")
+    explain.add_argument("--client", metavar="IP[:PORT]",
+                         help="decide the access rules for this client address (default: "
+                         "the input's PROXY header's client, if any)")
     explain.add_argument(
         "input", help="a file of raw bytes, hex:<hex digits>, a .pcap/.pcapng of one "
         "connection (the client's side is used), or - for stdin")

@@ -18,24 +18,28 @@ from gatekeep.values import FactValue
 __all__ = ["FailureKind", "failure_bytes"]
 
 #: refused: no route / a reject route; unavailable: the backend could not be
-#: reached; timeout: the backend did not answer in time.
-FailureKind = Literal["refused", "unavailable", "timeout"]
+#: reached; timeout: the backend did not answer in time; denied: an access rule
+#: refused the client.
+FailureKind = Literal["refused", "unavailable", "timeout", "denied"]
 
 # TLS alert records (level fatal=2). Record version 0x0301 is what servers use
 # before a version is agreed; every TLS client accepts it.
-# refused: unrecognized_name (112); otherwise internal_error (80).
-_TLS_ALERTS = {"refused": 112, "unavailable": 80, "timeout": 80}
+# refused: unrecognized_name (112); denied: access_denied (49); otherwise
+# internal_error (80).
+_TLS_ALERTS = {"refused": 112, "unavailable": 80, "timeout": 80, "denied": 49}
 
 _XMPP_ERRORS = {
     "refused": "host-unknown",
     "unavailable": "remote-connection-failed",
     "timeout": "remote-connection-failed",
+    "denied": "policy-violation",
 }
 
 _HTTP_STATUS = {
     "refused": (421, "Misdirected Request"),
     "unavailable": (502, "Bad Gateway"),
     "timeout": (504, "Gateway Timeout"),
+    "denied": (403, "Forbidden"),
 }
 
 

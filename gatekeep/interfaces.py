@@ -89,22 +89,39 @@ class IInboundReceiver(Interface):
 
 
 class IAccessRule(Interface):
-    """Allows or denies a connection from who it comes from and what was detected."""
+    """
+    Allows or denies a connection from who it comes from and what was detected.
+
+    A rule is built once per ``[access.NAME]`` table (the entry point of its ``kind``
+    is called with the table's other keys) and shared by every connection, so
+    ``decide`` must not keep per-connection state on ``self``. It must be quick and
+    must not block: it runs on the reactor thread for every connection.
+    """
 
     def decide(peer: IAddress, match: Match | None) -> Decision:
         """
-        Return ALLOW, DENY or ABSTAIN (let the next rule decide).
+        Return ALLOW, DENY or ABSTAIN (no opinion: the connection goes on).
 
-        ``match`` is None when the rule runs before detection (on accept).
+        ``peer`` is the real client (after a trusted PROXY header). A listener's
+        rule is asked twice: on accept (after the PROXY preamble) with ``match``
+        None, and again once a route is chosen, with the detected facts plus a
+        ``protocol`` fact (the detector's name; absent for a default route taken
+        without a match). A route's rule is asked once, with the facts.
         """
+
+    def describe() -> str:
+        """A one-line summary for ``gatekeep check`` and ``gatekeep explain``."""
 
 
 class IShaper(Interface):
     """
-    A rate limit on bytes, consulted by the relay before it passes data on.
+    A rate limit on bytes, consulted by the relay after it passed data on.
 
     The relay pauses the producing transport for the returned delay instead of
     buffering, so a shaped connection never costs more memory than an unshaped one.
+    One shaper is built per direction and per scope (a connection, a client IP, a
+    listener, as ``[shaper.NAME] scope`` says): the entry point of its ``kind`` is
+    called with the table's other keys each time.
     """
 
     def admit(nbytes: int, now: float) -> float:

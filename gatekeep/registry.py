@@ -17,12 +17,30 @@ import attrs
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass, verifyObject
 
-from gatekeep.interfaces import IDetector, ITarget
+from gatekeep.interfaces import IAccessRule, IDetector, IShaper, ITarget
 
-__all__ = ["DETECTORS", "TARGETS", "PluginProblem", "Registry", "load_registry"]
+__all__ = [
+    "DETECTORS",
+    "RULES",
+    "SHAPERS",
+    "TARGETS",
+    "PluginProblem",
+    "Registry",
+    "load_registry",
+]
 
 DETECTORS = "gatekeep.detectors"
 TARGETS = "gatekeep.targets"
+RULES = "gatekeep.rules"
+SHAPERS = "gatekeep.shapers"
+
+#: gatekeep's own rule and shaper kinds, also registered as entry points in its
+#: setup.cfg. An editable install made before they existed has stale entry-point
+#: metadata; these fill the gap so built-ins are always there.
+_BUILTIN = {
+    RULES: {"cidr": "gatekeep.rules.cidr:CIDRRule"},
+    SHAPERS: {"bucket": "gatekeep.shapers.bucket:TokenBucket"},
+}
 
 
 @attrs.frozen
@@ -43,10 +61,12 @@ class PluginProblem:
 
 @attrs.define
 class Registry:
-    """The detectors and target factories available to configs."""
+    """The detectors, target factories, rule kinds and shaper kinds available to configs."""
 
     detectors: dict[str, IDetector] = attrs.field(factory=dict)
     targets: dict[str, Callable[..., ITarget]] = attrs.field(factory=dict)
+    rules: dict[str, Callable[..., IAccessRule]] = attrs.field(factory=dict)
+    shapers: dict[str, Callable[..., IShaper]] = attrs.field(factory=dict)
     problems: list[PluginProblem] = attrs.field(factory=list)
 
     def problem(self, group: str, name: str) -> PluginProblem | None:
@@ -85,19 +105,44 @@ def _load_target(ep: EntryPoint) -> Callable[..., ITarget]:
     return factory  # type: ignore[no-any-return]
 
 
+def _load_factory(interface: Any) -> Callable[[EntryPoint], Callable[..., Any]]:
+    """A rule or shaper kind: a class providing ``interface``, or a factory of one."""
+
+    def load(ep: EntryPoint) -> Callable[..., Any]:
+        factory = ep.load()
+        if isinstance(factory, type):
+            verifyClass(interface, factory)
+        elif not callable(factory):
+            raise Invalid(f"the entry point must name a class or a callable that builds "
+                          f"an {interface.__name__}")
+        return factory  # type: ignore[no-any-return]
+
+    return load
+
+
+def _with_builtins(found: list[EntryPoint]) -> list[EntryPoint]:
+    have = {(ep.group, ep.name) for ep in found}
+    return found + [EntryPoint(name, value, group)
+                    for group, kinds in _BUILTIN.items()
+                    for name, value in kinds.items() if (group, name) not in have]
+
+
 def load_registry(eps: Iterable[EntryPoint] | None = None) -> Registry:
     """
-    Load every detector and target plugin.
+    Load every detector, target, rule and shaper plugin.
 
     ``eps`` replaces the installed entry points (tests use it to load a broken one).
     """
     registry = Registry()
-    found = list(eps) if eps is not None else [
-        *entry_points(group=DETECTORS), *entry_points(group=TARGETS)
-    ]
+    found = list(eps) if eps is not None else _with_builtins([
+        *entry_points(group=DETECTORS), *entry_points(group=TARGETS),
+        *entry_points(group=RULES), *entry_points(group=SHAPERS),
+    ])
     loaders: dict[str, tuple[Callable[[EntryPoint], Any], dict[str, Any]]] = {
         DETECTORS: (_load_detector, registry.detectors),
         TARGETS: (_load_target, registry.targets),
+        RULES: (_load_factory(IAccessRule), registry.rules),
+        SHAPERS: (_load_factory(IShaper), registry.shapers),
     }
     for ep in found:
         if ep.group not in loaders:

@@ -37,6 +37,7 @@ from gatekeep.addresses import format_address
 from gatekeep.cli import describe_match
 from gatekeep.config.errors import ConfigErrors
 from gatekeep.config.model import Config, ListenerConfig
+from gatekeep.guard import Guard, GuardState, limits_of
 from gatekeep.preamble import ProxyPolicy
 from gatekeep.registry import Registry
 from gatekeep.sniff import ListenerRuntime, SniffingFactory
@@ -173,6 +174,8 @@ class GatekeepService(MultiService):
         self.handle_signals = handle_signals
         self.log_observer = log_observer
         self.tracker = ConnectionTracker()
+        #: Per listener name: the guard's counters, which outlive reloads.
+        self.guard_states: dict[str, GuardState] = {}
         self.recent = RecentErrors()
         self.started_at = reactor.seconds()
         self.reloads = 0
@@ -195,7 +198,14 @@ class GatekeepService(MultiService):
         return ListenerRuntime.build(
             listener.name, config.services[listener.service], self.registry.detectors,
             listener.detect_timeout, self.reactor, self.tracker,
-            self._proxy_policy(listener))
+            self._proxy_policy(listener), guard=self._guard(listener, config))
+
+    def _guard(self, listener: ListenerConfig, config: Config) -> Guard:
+        state = self.guard_states.get(listener.name)
+        if state is None:
+            state = self.guard_states[listener.name] = GuardState(listener.name, self.reactor)
+        return Guard(listener.name, state, self.reactor, limits_of(listener),
+                     config.access.get(listener.access) if listener.access else None)
 
     @staticmethod
     def _proxy_policy(listener: ListenerConfig) -> ProxyPolicy:

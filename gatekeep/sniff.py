@@ -27,6 +27,7 @@ from gatekeep.addresses import format_address
 from gatekeep.connlog import log_connection
 from gatekeep.detectors.proxy import PREAMBLE, header_facts
 from gatekeep.failures import failure_bytes
+from gatekeep.guard import Guard, Refusal
 from gatekeep.interfaces import IDetector
 from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from, step
 from gatekeep.proxyproto import ProxyHeader
@@ -65,19 +66,21 @@ class ListenerRuntime:
     proxy: ProxyPolicy = attrs.field(factory=ProxyPolicy)
     #: Whether a route tests the PROXY header's facts (``match.proxy``).
     proxy_routes: bool = False
+    #: Access rules and connection limits (:mod:`gatekeep.guard`); None: none.
+    guard: Guard | None = None
 
     @classmethod
     def build(
         cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
         detect_timeout: float, reactor: Any, tracker: ConnectionTracker | None = None,
-        proxy: ProxyPolicy | None = None,
+        proxy: ProxyPolicy | None = None, *, guard: Guard | None = None,
     ) -> ListenerRuntime:
         # Only the detectors this service's routes use run, in route order. The
         # PROXY preamble is read before detection, not run as a detector.
         wanted = [r.detector for r in service.routes if r.detector is not None]
         used = {d: all_detectors[d] for d in dict.fromkeys(wanted) if d != PREAMBLE}
         return cls(name, service, used, detect_timeout, reactor, tracker, proxy or ProxyPolicy(),
-                   PREAMBLE in wanted)
+                   PREAMBLE in wanted, guard)
 
 
 def run_detectors(
@@ -128,6 +131,11 @@ class SniffingProtocol(Protocol):
         #: The real client and server: the peer's own, or a PROXY header's.
         self.client: Any = None
         self.server: Any = None
+        #: Counted by the guard: in ``max_connections``, and under this client key.
+        self.counted = False
+        self._client_key: str | None = None
+        #: Refused by the guard: its refusal log has it, not a connection line.
+        self._quiet = False
 
     def connectionMade(self) -> None:
         runtime = self.runtime
@@ -150,7 +158,35 @@ class SniffingProtocol(Protocol):
             self._preamble = True
             self._deadline = runtime.reactor.callLater(runtime.detect_timeout, self._timedOut)
             return
-        self._startDetecting()
+        if self._admit():
+            self._startDetecting()
+
+    def _admit(self) -> bool:
+        """The real client is known: the guard's rule and per-client limits."""
+        guard = self.runtime.guard
+        if guard is None or not guard.active:
+            return True
+        refusal, self._client_key = guard.admit(self.client)
+        if refusal is None:
+            return True
+        self._refuseQuietly(guard, refusal)
+        return False
+
+    def _refuseQuietly(self, guard: Guard, refusal: Refusal, message: bytes = b"") -> None:
+        record, transport = self.record, self.transport
+        assert record is not None and transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._preamble = False
+        self._refused = self._quiet = True
+        self._buffer = bytearray()
+        record.close(f"refused: {refusal.why}")
+        guard.refused(self.client, refusal)
+        if message:
+            record.bytes_out += len(message)
+            transport.write(message)
+        transport.loseConnection()
 
     def _startDetecting(self) -> None:
         if not self.runtime.detectors:
@@ -186,6 +222,8 @@ class SniffingProtocol(Protocol):
         if outcome.header is not None:
             self._received(outcome.header)
             del self._buffer[:outcome.consumed]
+        if not self._admit():
+            return
         if final is not None:
             self._decide(final=True)
         elif not self.runtime.detectors:
@@ -257,6 +295,13 @@ class SniffingProtocol(Protocol):
             transport.write(message)
             transport.loseConnection()
             return
+        guard = self.runtime.guard
+        if guard is not None:
+            refusal = guard.routed(self.client, route, protocol, detected)
+            if refusal is not None:
+                record.route = route.name
+                self._refuseQuietly(guard, refusal, failure_bytes(protocol, detected, "denied"))
+                return
         record.route = route.name
         inbound = Inbound(
             listener=self.runtime.name, client=self.client, server=self.server,
@@ -315,13 +360,24 @@ class SniffingProtocol(Protocol):
             self._deadline = None
         if self.attached is not None:
             self.attached.connectionLost(reason)
+        guard = self.runtime.guard
+        if guard is not None:
+            if self._client_key is not None:
+                guard.release(self._client_key)
+                self._client_key = None
+            if self.counted:
+                guard.closed()
+                self.counted = False
         record = self.record
         if record is None:
             return
         if record.route is None:
             record.close("client closed before detection")
         record.close(_reason_text(reason))
-        log_connection(record, self.runtime.reactor.seconds())
+        if self._quiet:
+            metrics.connection_ended(record)
+        else:
+            log_connection(record, self.runtime.reactor.seconds())
         if self.runtime.tracker is not None:
             self.runtime.tracker.closed(self)
 
@@ -340,5 +396,13 @@ class SniffingFactory(Factory):
     def __init__(self, runtime: ListenerRuntime) -> None:
         self.runtime = runtime
 
-    def buildProtocol(self, addr: Any) -> SniffingProtocol:
-        return SniffingProtocol(self.runtime)
+    def buildProtocol(self, addr: Any) -> SniffingProtocol | None:
+        runtime = self.runtime
+        guard = runtime.guard
+        if guard is None:
+            return SniffingProtocol(runtime)
+        if not guard.accept(addr):
+            return None  # Twisted closes the socket at once: refused, not queued
+        protocol = SniffingProtocol(runtime)
+        protocol.counted = True
+        return protocol

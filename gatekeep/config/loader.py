@@ -27,12 +27,14 @@ from gatekeep.config.model import (
     ListenerConfig,
     RouteSettings,
     ServiceSettings,
+    parse_name,
 )
 from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_error
 from gatekeep.config.tor import TorSettings, tor_problems
 from gatekeep.detectors._names import normalise_host
-from gatekeep.interfaces import ITarget
-from gatekeep.registry import DETECTORS, TARGETS, Registry
+from gatekeep.guard import NamedRule
+from gatekeep.interfaces import IAccessRule, ITarget
+from gatekeep.registry import DETECTORS, RULES, TARGETS, Registry
 from gatekeep.routing import NAME_FACTS, split_host_port
 from gatekeep.values import Condition, Route, Service
 
@@ -46,7 +48,7 @@ def _canonical_name(text: str) -> str | None:
     except ValueError:
         return normalise_host(text.rstrip(".")) if text else None
 
-_TOP_KEYS = ["listener", "service", "admin", "drain_timeout"]
+_TOP_KEYS = ["listener", "service", "admin", "access", "drain_timeout"]
 _GLOBAL_KEYS = ["drain_timeout"]
 _SERVICE_KEYS = ["default", "route"]
 
@@ -91,6 +93,9 @@ class _Loader:
     errors: list[ConfigError] = attrs.field(factory=list)
     warnings: list[str] = attrs.field(factory=list)
     used_plugins: set[tuple[str, str]] = attrs.field(factory=set)
+    access: dict[str, NamedRule] = attrs.field(factory=dict)
+    #: Names of [access.X] tables that failed to load (not reported again where used).
+    broken_access: set[str] = attrs.field(factory=set)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -104,6 +109,7 @@ class _Loader:
             self.errors)
         admin = (load_table(AdminConfig, data["admin"], "admin", self.errors)
                  if "admin" in data else None)
+        self.access_rules(data.get("access"))
         listeners = self.listeners(data.get("listener"))
         services = self.services(data.get("service"))
         self.cross_check(listeners, services)
@@ -117,7 +123,7 @@ class _Loader:
         if self.errors:
             return None
         return Config(tuple(listeners), services, source, tuple(self.warnings), admin,
-                      settings)
+                      settings, access=dict(self.access))
 
     def listeners(self, raw: object) -> list[ListenerConfig]:
         if raw is None:
@@ -158,6 +164,74 @@ class _Loader:
                 continue
             result.append(listener)
         return result
+
+    def access_rules(self, raw: object) -> None:
+        if raw is None:
+            return
+        if not isinstance(raw, dict):
+            self.error("access", "expected a table of rules: [access.NAME]")
+            return
+        for name, table in raw.items():
+            path = key_path("access", name)
+            rule = self.plugin_table(RULES, IAccessRule, name, table, path, "cidr")
+            if rule is None:
+                self.broken_access.add(name)
+            else:
+                self.access[name] = NamedRule(name, rule)
+
+    def plugin_table(self, group: str, interface: Any, name: str, table: object, path: str,
+                     default_kind: str) -> Any:
+        """Build a rule or shaper from its table: ``kind`` picks the plugin."""
+        if not isinstance(table, dict):
+            self.error(path, "expected a table", f"write it as [{path}]")
+            return None
+        try:
+            parse_name(name)
+        except ValueError as error:
+            self.error(path, str(error))
+            return None
+        kind = table.get("kind", default_kind)
+        kinds = self.registry.rules if group == RULES else self.registry.shapers
+        self.used_plugins.add((group, str(kind)))
+        problem = self.registry.problem(group, str(kind))
+        if problem is not None:
+            self.error(key_path(path, "kind"), str(problem), "fix or uninstall that plugin")
+            return None
+        if not isinstance(kind, str) or kind not in kinds:
+            self.error(key_path(path, "kind"), f"unknown kind {kind!r}",
+                       f"installed kinds: {', '.join(sorted(kinds))}")
+            return None
+        factory = kinds[kind]
+        options = {k: v for k, v in table.items() if k != "kind"}
+        built: Any
+        if isinstance(factory, type) and attrs.has(factory):
+            built = load_table(factory, options, path, self.errors)
+        else:
+            try:
+                built = factory(**options)
+            except Exception as error:  # noqa: BLE001 - third-party constructors
+                self.error(path, f"{type(error).__name__}: {error}")
+                return None
+        if built is None:
+            return None
+        try:
+            verifyObject(interface, built)
+        except Invalid as error:
+            self.error(path, f"plugin kind '{kind}' does not provide "
+                       f"{interface.__name__}: {error}")
+            return None
+        return built
+
+    def access_named(self, name: str | None, path: str) -> NamedRule | None:
+        """The [access.NAME] a listener or route refers to (an error if there is none)."""
+        if name is None or name in self.broken_access:
+            return None
+        rule = self.access.get(name)
+        if rule is None:
+            self.error(path, f"no rule named '{name}'",
+                       f"define [access.{name}] or use one of: "
+                       f"{', '.join(self.access) or '(none defined)'}")
+        return rule
 
     def tor(self, table: object, path: str) -> TorSettings | None:
         before = len(self.errors)
@@ -230,9 +304,11 @@ class _Loader:
         detector, conditions = self.match(table.get("match"), key_path(path, "match"))
         target = self.target(actions[0], table[actions[0]], key_path(path, actions[0])) \
             if len(actions) == 1 else None
+        access = self.access_named(settings.access, key_path(path, "access")) \
+            if settings is not None else None
         if settings is None or target is None or len(self.errors) > before:
             return None
-        return Route(settings.name, detector, conditions, target,
+        return Route(settings.name, detector, conditions, target, access=access,
                      connect_timeout=settings.connect_timeout)
 
     def match(self, raw: object, path: str) -> tuple[str | None, tuple[Condition, ...]]:
@@ -360,6 +436,7 @@ class _Loader:
                                f"'{endpoints[value]}'")
                 endpoints.setdefault(value, listener.name)
             used.add(listener.service)
+            self.access_named(listener.access, key_path(path, "access"))
             if listener.proxy_protocol != "off" and not listener.trusted_proxies:
                 self.error(key_path(path, "trusted_proxies"),
                            f"impossible combination: proxy_protocol = "

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from gatekeep.config.endpoints import server_endpoint_problem
 from gatekeep.config.schema import setting
 from gatekeep.config.tor import TorSettings
-from gatekeep.config.units import parse_duration
+from gatekeep.config.units import parse_duration, parse_rate
 from gatekeep.preamble import ProxyMode
 from gatekeep.values import Service
 
@@ -86,6 +87,31 @@ def _trusted_proxies(value: object) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected a whole number")
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _event_rate(value: object) -> float:
+    rate, unit = parse_rate(value)
+    if unit != "events":
+        raise ValueError(f'{value!r} is a rate of bytes; connections are counted, e.g. "20/s"')
+    if rate <= 0:
+        raise ValueError("must be more than zero")
+    return rate
+
+
+def _prefix_v6(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected a prefix length from 0 to 128")
+    if not 0 <= value <= 128:
+        raise ValueError("an IPv6 prefix length is from 0 to 128")
+    return value
+
+
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -138,8 +164,40 @@ class ListenerConfig:
         parse=_trusted_proxies,
         shown="`[]`",
     )
+    max_connections: int | None = setting(
+        "Most connections this listener keeps open at once (from accept to close). Beyond "
+        "it a new connection is closed right after accept, not queued, and counted in "
+        '`gatekeep_refusals_total{reason="max_connections"}`.',
+        default=None, parse=_positive_int, shown="no limit")
+    max_connections_per_ip: int | None = setting(
+        "Most connections open at once from one client address (the real client, after a "
+        "trusted PROXY header; IPv6 grouped by `per_ip_prefix_v6`). Beyond it: refused.",
+        default=None, parse=_positive_int, shown="no limit")
+    connection_rate_per_ip: float | None = setting(
+        'New connections a client address may open, e.g. `"20/s"` or `"600/m"` (a token '
+        "bucket of `connection_burst_per_ip`, refilled at this rate). Beyond it: refused.",
+        default=None, parse=_event_rate, shown="no limit")
+    connection_burst_per_ip: int | None = setting(
+        "How many new connections a client may open at once before "
+        "`connection_rate_per_ip` applies (the bucket's size).",
+        default=None, parse=_positive_int, shown="one second of the rate")
+    per_ip_prefix_v6: int = setting(
+        "IPv6 clients count as one client per network of this prefix length for the per-IP "
+        "limits (a home or a VM usually gets a whole /64). On an onion listener each "
+        "client address is a tor circuit and counts on its own whatever this says.",
+        default=64, parse=_prefix_v6, shown="`64`")
+    access: str | None = setting(
+        "The `[access.NAME]` rule for this listener's connections: asked on accept (after "
+        "the PROXY header, if any) and again with the detected facts once a route is "
+        'chosen; a denial closes the connection, counted as `reason="access:NAME"`.',
+        default=None, parse=parse_name, shown="none (everyone)")
     #: ``[listener.tor]``: an onion service instead of ``endpoint`` (loaded on its own).
     tor: TorSettings | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.connection_burst_per_ip is not None and self.connection_rate_per_ip is None:
+            raise ValueError("impossible combination: connection_burst_per_ip needs "
+                             "connection_rate_per_ip")
 
     @property
     def proxy_mode(self) -> ProxyMode:
@@ -206,6 +264,11 @@ class RouteSettings:
         parse=_positive_duration,
         shown='"10s"',
     )
+    access: str | None = setting(
+        "An `[access.NAME]` rule asked once this route is chosen, with the detected facts "
+        "(after the listener's own rule). A denial closes the connection with a "
+        "protocol-appropriate error where one exists.",
+        default=None, parse=parse_name, shown="none")
 
 
 @attrs.frozen
@@ -218,3 +281,5 @@ class Config:
     warnings: tuple[str, ...] = ()
     admin: AdminConfig | None = None
     settings: GlobalSettings = attrs.field(factory=GlobalSettings)
+    #: ``[access.NAME]`` rules (:class:`gatekeep.guard.NamedRule`), by name.
+    access: Mapping[str, Any] = attrs.field(factory=dict)

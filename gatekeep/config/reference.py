@@ -64,6 +64,15 @@ def _table(cls: Any, skip: tuple[str, ...] = ()) -> list[str]:
     return rows if len(rows) > 2 else ["(no keys)"]
 
 
+def _plugin_kinds(title: str, text: str, kinds: dict[str, Any]) -> list[str]:
+    out = [title, "", text, ""]
+    for name, factory in sorted(kinds.items()):
+        out += [f"### `kind = \"{name}\"`", "", " ".join((factory.__doc__ or "").split()), ""]
+        if isinstance(factory, type) and attrs.has(factory):
+            out += [*_table(factory), ""]
+    return out
+
+
 def reference() -> str:
     registry = load_registry()
     out = [_INTRO]
@@ -102,6 +111,15 @@ def reference() -> str:
         out += [f"#### `{name}`", "", (factory.__doc__ or "").strip(), ""]
         if isinstance(factory, type) and attrs.has(factory):
             out += [*_table(factory), ""]
+    out += _plugin_kinds(
+        "## `[access.NAME]`",
+        "Named access rules, attached to listeners (`access = \"NAME\"`: asked on accept, "
+        "after the PROXY header, and again with the detected facts) and to routes (asked "
+        "once the route is chosen). A refused connection is closed at once, counted in "
+        "`gatekeep_refusals_total{listener,reason=\"access:NAME\"}` and logged at a "
+        "bounded rate. `kind` picks the rule (default `cidr`); plugins add kinds through "
+        "the `gatekeep.rules` entry point (see docs/access-and-limits.md).",
+        registry.rules)
     out += [
         "## Not yet implemented", "",
         "These keys of the gatekeep contract are recognised and refused with an error "

@@ -32,14 +32,8 @@ REQUIRED = attrs.NOTHING
 #: rather than a setting silently ignored.
 PLANNED: Mapping[str, str] = {
     "workers": "multi-core workers (issue 9)",
-    "access": "access rules (issue 7)",
     "shaper": "shapers (issue 7)",
     "http": "the HTTP reverse proxy (issue 6)",
-    "max_connections": "connection limits (issue 7)",
-    "max_connections_per_ip": "connection limits (issue 7)",
-    "connection_rate_per_ip": "connection limits (issue 7)",
-    "connection_burst_per_ip": "connection limits (issue 7)",
-    "per_ip_prefix_v6": "connection limits (issue 7)",
     "idle_timeout": "timeouts (issue 7)",
     "max_lifetime": "timeouts (issue 7)",
     "terminate": "TLS termination (issue 4)",

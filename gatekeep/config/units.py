@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_duration", "parse_duration", "parse_rate", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_rate", "parse_size"]
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -60,6 +60,14 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:.12g}{unit}"
     return f"{seconds:.12g}s"
+
+
+def format_size(size: float) -> str:
+    """``1048576`` -> ``"1MiB"``; sizes that are not whole units stay in bytes."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size / scale:.12g}{unit}"
+    return f"{size:.12g}B"
 
 
 def parse_rate(value: object) -> tuple[float, str]:

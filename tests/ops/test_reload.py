@@ -50,6 +50,7 @@ class ApplyTests(SynchronousTestCase):
         before = by_name(self.service)["a"]
         port, old_runtime = before.port, before.sniffing.runtime
         existing = before.sniffing.buildProtocol(None)  # a connection accepted before
+        assert existing is not None
         self.service.apply(config(("a", "tcp:8001"), ("b", "tcp:8002"), route="web2"))
         after = by_name(self.service)["a"]
         self.assertIs(after, before)
@@ -57,8 +58,9 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpServers), 2)  # nothing re-bound
         self.assertEqual(after.sniffing.runtime.service.routes[0].name, "web2")
         self.assertIs(existing.runtime, old_runtime)
-        self.assertEqual(after.sniffing.buildProtocol(None).runtime.service.routes[0].name,
-                         "web2")
+        later = after.sniffing.buildProtocol(None)
+        assert later is not None
+        self.assertEqual(later.runtime.service.routes[0].name, "web2")
         self.assertIs(after.sniffing.runtime.tracker, self.service.tracker)
 
     def test_listeners_added_removed_changed_and_renamed(self) -> None:

@@ -1,0 +1,3 @@
+"""Access rules (``[access.NAME]``) and the per-listener connection limits."""
+
+__all__: list[str] = []

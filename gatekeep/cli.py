@@ -51,6 +51,8 @@ def listener_guard_lines(listener: ListenerConfig, config: Config) -> list[str]:
         lines.append(f"access {config.access[listener.access].describe()}")
     else:
         lines.append("access: everyone (no access rule)")
+    if listener.shaper is not None:
+        lines.append(f"shaper {config.shapers[listener.shaper].describe()}")
     limits = limits_of(listener).describe()
     if limits:
         lines.append("limits: " + ", ".join(limits))

@@ -20,6 +20,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep.shapers.shaping import Shaping
 from gatekeep.values import ConnectionRecord
 
 __all__ = ["BackendSide", "Relay"]
@@ -44,10 +45,14 @@ class Relay:
     EOF again, or keep a half-closed write side from ever finishing.
     """
 
-    def __init__(self, client: ITransport, record: ConnectionRecord) -> None:
+    def __init__(self, client: ITransport, record: ConnectionRecord,
+                 shaping: Shaping | None = None) -> None:
         self.client: Any = client
         self.backend: Any = None
         self.record = record
+        #: A ``[shaper.X]`` paces this connection: it must stay on this user-space
+        #: path (the relay tells it every byte it passes on).
+        self.shaping = shaping
         self.client_eof = False
         self.backend_eof = False
         self.client_gone = False
@@ -61,22 +66,36 @@ class Relay:
             return
         if pending:
             backend.writeSequence(pending)
-        self.client.registerProducer(backend, True)
+        shaping = self.shaping
+        if shaping is None:
+            self.client.registerProducer(backend, True)
+        else:
+            self.client.registerProducer(shaping.gate("out", backend), True)
         if self.client_eof:
             _half_close(backend)
-        else:
+        elif shaping is None:
             backend.registerProducer(self.client, True)
             self.client.resumeProducing()
+        else:
+            client = shaping.gate("in", self.client, paused=True)
+            backend.registerProducer(client, True)
+            client.resumeProducing()
 
     def from_client(self, data: bytes) -> None:
         self.backend.write(data)
+        if self.shaping is not None:
+            self.shaping.passed("in", len(data))
 
     def from_backend(self, data: bytes) -> None:
         self.record.bytes_out += len(data)
         self.client.write(data)
+        if self.shaping is not None:
+            self.shaping.passed("out", len(data))
 
     def client_read_done(self) -> None:
         self.client_eof = True
+        if self.shaping is not None:
+            self.shaping.read_done("in")
         if self.backend is not None and not self.backend_gone:
             self.backend.unregisterProducer()
             _half_close(self.backend)
@@ -84,6 +103,8 @@ class Relay:
 
     def backend_read_done(self) -> None:
         self.backend_eof = True
+        if self.shaping is not None:
+            self.shaping.read_done("out")
         if not self.client_gone:
             self.client.unregisterProducer()
             _half_close(self.client)

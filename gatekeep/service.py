@@ -198,7 +198,8 @@ class GatekeepService(MultiService):
         return ListenerRuntime.build(
             listener.name, config.services[listener.service], self.registry.detectors,
             listener.detect_timeout, self.reactor, self.tracker,
-            self._proxy_policy(listener), guard=self._guard(listener, config))
+            self._proxy_policy(listener), guard=self._guard(listener, config),
+            shaper=config.shapers.get(listener.shaper) if listener.shaper else None)
 
     def _guard(self, listener: ListenerConfig, config: Config) -> Guard:
         state = self.guard_states.get(listener.name)

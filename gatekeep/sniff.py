@@ -27,11 +27,12 @@ from gatekeep.addresses import format_address
 from gatekeep.connlog import log_connection
 from gatekeep.detectors.proxy import PREAMBLE, header_facts
 from gatekeep.failures import failure_bytes
-from gatekeep.guard import Guard, Refusal
+from gatekeep.guard import Guard, Limits, Refusal, client_key
 from gatekeep.interfaces import IDetector
 from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from, step
 from gatekeep.proxyproto import ProxyHeader
 from gatekeep.routing import Selection, select_route
+from gatekeep.shapers.shaping import ShaperSpec, Shaping
 from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
     ConnectionRecord,
@@ -68,19 +69,22 @@ class ListenerRuntime:
     proxy_routes: bool = False
     #: Access rules and connection limits (:mod:`gatekeep.guard`); None: none.
     guard: Guard | None = None
+    #: The listener's ``[shaper.X]``; None: unshaped.
+    shaper: ShaperSpec | None = None
 
     @classmethod
     def build(
         cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
         detect_timeout: float, reactor: Any, tracker: ConnectionTracker | None = None,
         proxy: ProxyPolicy | None = None, *, guard: Guard | None = None,
+        shaper: ShaperSpec | None = None,
     ) -> ListenerRuntime:
         # Only the detectors this service's routes use run, in route order. The
         # PROXY preamble is read before detection, not run as a detector.
         wanted = [r.detector for r in service.routes if r.detector is not None]
         used = {d: all_detectors[d] for d in dict.fromkeys(wanted) if d != PREAMBLE}
         return cls(name, service, used, detect_timeout, reactor, tracker, proxy or ProxyPolicy(),
-                   PREAMBLE in wanted, guard)
+                   PREAMBLE in wanted, guard, shaper)
 
 
 def run_detectors(
@@ -136,6 +140,7 @@ class SniffingProtocol(Protocol):
         self._client_key: str | None = None
         #: Refused by the guard: its refusal log has it, not a connection line.
         self._quiet = False
+        self._shaping: Shaping | None = None
 
     def connectionMade(self) -> None:
         runtime = self.runtime
@@ -303,10 +308,13 @@ class SniffingProtocol(Protocol):
                 self._refuseQuietly(guard, refusal, failure_bytes(protocol, detected, "denied"))
                 return
         record.route = route.name
+        if self.runtime.shaper is not None:
+            self._shaping = self._shape(self.runtime.shaper)
         inbound = Inbound(
             listener=self.runtime.name, client=self.client, server=self.server,
             transport=transport, detector=protocol, facts=detected, prefix=prefix,
-            route=route, record=record, reactor=self.runtime.reactor, proxy=self.header)
+            route=route, record=record, reactor=self.runtime.reactor, proxy=self.header,
+            shaping=self._shaping)
         self._buffer = bytearray()
         try:
             attached = route.target.attach(inbound)
@@ -321,6 +329,13 @@ class SniffingProtocol(Protocol):
             attached.dataReceived(prefix)
         if self._client_eof:
             self._relayReadLost()
+
+    def _shape(self, shaper: ShaperSpec) -> Shaping:
+        runtime = self.runtime
+        limits = runtime.guard.limits if runtime.guard is not None else Limits()
+        key = self._client_key or client_key(self.client, limits.prefix_v6,
+                                             limits.whole_address)
+        return shaper.open(runtime.name, key or format_address(self.client), runtime.reactor)
 
     def _protocol_of(self, selection: Selection) -> tuple[str | None, Match | None]:
         """The protocol to report: the route's detector, else the first that matched."""
@@ -360,6 +375,9 @@ class SniffingProtocol(Protocol):
             self._deadline = None
         if self.attached is not None:
             self.attached.connectionLost(reason)
+        if self._shaping is not None:
+            self._shaping.stop()
+            self._shaping = None
         guard = self.runtime.guard
         if guard is not None:
             if self._client_key is not None:

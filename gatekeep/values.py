@@ -176,3 +176,6 @@ class Inbound:
     reactor: Any = attrs.field(repr=False)
     #: The PROXY header a trusted proxy sent before the client's bytes, if any.
     proxy: ProxyHeader | None = None
+    #: The connection's ``[shaper.X]`` pacing (:class:`gatekeep.shapers.shaping.Shaping`),
+    #: if its listener has one: relays report the bytes they pass on to it.
+    shaping: Any = attrs.field(default=None, repr=False)

@@ -33,9 +33,10 @@ from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_er
 from gatekeep.config.tor import TorSettings, tor_problems
 from gatekeep.detectors._names import normalise_host
 from gatekeep.guard import NamedRule
-from gatekeep.interfaces import IAccessRule, ITarget
-from gatekeep.registry import DETECTORS, RULES, TARGETS, Registry
+from gatekeep.interfaces import IAccessRule, IShaper, ITarget
+from gatekeep.registry import DETECTORS, RULES, SHAPERS, TARGETS, Registry
 from gatekeep.routing import NAME_FACTS, split_host_port
+from gatekeep.shapers.shaping import ShaperSpec
 from gatekeep.values import Condition, Route, Service
 
 __all__ = ["load_config", "load_config_file"]
@@ -48,7 +49,7 @@ def _canonical_name(text: str) -> str | None:
     except ValueError:
         return normalise_host(text.rstrip(".")) if text else None
 
-_TOP_KEYS = ["listener", "service", "admin", "access", "drain_timeout"]
+_TOP_KEYS = ["listener", "service", "admin", "access", "shaper", "drain_timeout"]
 _GLOBAL_KEYS = ["drain_timeout"]
 _SERVICE_KEYS = ["default", "route"]
 
@@ -87,6 +88,13 @@ def _exclusive(listener: ListenerConfig) -> list[tuple[str, str]]:
     return [(key, "dir:" + os.path.normpath(value)) for key, value in dirs]
 
 
+def _maker(prototype: Any, factory: Any, options: dict[str, Any]) -> Any:
+    """Builds a fresh shaper like ``prototype`` (one per scope and direction)."""
+    if attrs.has(type(prototype)):
+        return lambda: attrs.evolve(prototype)
+    return lambda: factory(**options)
+
+
 @attrs.define
 class _Loader:
     registry: Registry
@@ -96,6 +104,8 @@ class _Loader:
     access: dict[str, NamedRule] = attrs.field(factory=dict)
     #: Names of [access.X] tables that failed to load (not reported again where used).
     broken_access: set[str] = attrs.field(factory=set)
+    shapers: dict[str, ShaperSpec] = attrs.field(factory=dict)
+    broken_shapers: set[str] = attrs.field(factory=set)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -110,6 +120,7 @@ class _Loader:
         admin = (load_table(AdminConfig, data["admin"], "admin", self.errors)
                  if "admin" in data else None)
         self.access_rules(data.get("access"))
+        self.shaper_specs(data.get("shaper"))
         listeners = self.listeners(data.get("listener"))
         services = self.services(data.get("service"))
         self.cross_check(listeners, services)
@@ -123,7 +134,7 @@ class _Loader:
         if self.errors:
             return None
         return Config(tuple(listeners), services, source, tuple(self.warnings), admin,
-                      settings, access=dict(self.access))
+                      settings, access=dict(self.access), shapers=dict(self.shapers))
 
     def listeners(self, raw: object) -> list[ListenerConfig]:
         if raw is None:
@@ -178,6 +189,45 @@ class _Loader:
                 self.broken_access.add(name)
             else:
                 self.access[name] = NamedRule(name, rule)
+
+    def shaper_specs(self, raw: object) -> None:
+        if raw is None:
+            return
+        if not isinstance(raw, dict):
+            self.error("shaper", "expected a table of shapers: [shaper.NAME]")
+            return
+        for name, table in raw.items():
+            path = key_path("shaper", name)
+            spec = self.shaper_spec(name, table, path)
+            if spec is None:
+                self.broken_shapers.add(name)
+            else:
+                self.shapers[name] = spec
+
+    def shaper_spec(self, name: str, table: object, path: str) -> ShaperSpec | None:
+        if not isinstance(table, dict):
+            self.error(path, "expected a table", f"write it as [{path}]")
+            return None
+        scope = table.get("scope", "connection")
+        if scope not in ("connection", "ip", "listener"):
+            self.error(key_path(path, "scope"),
+                       f'expected "connection", "ip" or "listener", not {scope!r}')
+            return None
+        rest = {k: v for k, v in table.items() if k != "scope"}
+        prototype = self.plugin_table(SHAPERS, IShaper, name, rest, path, "bucket")
+        if prototype is None:
+            return None
+        options = {k: v for k, v in rest.items() if k != "kind"}
+        make = _maker(prototype, self.registry.shapers[rest.get("kind", "bucket")], options)
+        describe = getattr(prototype, "describe", None)
+        return ShaperSpec(name, scope, make, describe() if callable(describe) else "")
+
+    def shaper_named(self, name: str | None, path: str) -> None:
+        if name is None or name in self.broken_shapers or name in self.shapers:
+            return
+        self.error(path, f"no shaper named '{name}'",
+                   f"define [shaper.{name}] or use one of: "
+                   f"{', '.join(self.shapers) or '(none defined)'}")
 
     def plugin_table(self, group: str, interface: Any, name: str, table: object, path: str,
                      default_kind: str) -> Any:
@@ -437,6 +487,7 @@ class _Loader:
                 endpoints.setdefault(value, listener.name)
             used.add(listener.service)
             self.access_named(listener.access, key_path(path, "access"))
+            self.shaper_named(listener.shaper, key_path(path, "shaper"))
             if listener.proxy_protocol != "off" and not listener.trusted_proxies:
                 self.error(key_path(path, "trusted_proxies"),
                            f"impossible combination: proxy_protocol = "

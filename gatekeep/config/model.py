@@ -191,6 +191,10 @@ class ListenerConfig:
         "the PROXY header, if any) and again with the detected facts once a route is "
         'chosen; a denial closes the connection, counted as `reason="access:NAME"`.',
         default=None, parse=parse_name, shown="none (everyone)")
+    shaper: str | None = setting(
+        "The `[shaper.NAME]` that paces this listener's forwarded connections, each "
+        "direction on its own, by pausing reads (nothing is dropped or buffered).",
+        default=None, parse=parse_name, shown="none (full speed)")
     #: ``[listener.tor]``: an onion service instead of ``endpoint`` (loaded on its own).
     tor: TorSettings | None = attrs.field(default=None, kw_only=True)
 
@@ -283,3 +287,5 @@ class Config:
     settings: GlobalSettings = attrs.field(factory=GlobalSettings)
     #: ``[access.NAME]`` rules (:class:`gatekeep.guard.NamedRule`), by name.
     access: Mapping[str, Any] = attrs.field(factory=dict)
+    #: ``[shaper.NAME]`` specs (:class:`gatekeep.shapers.shaping.ShaperSpec`), by name.
+    shapers: Mapping[str, Any] = attrs.field(factory=dict)

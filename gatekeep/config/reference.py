@@ -120,6 +120,17 @@ def reference() -> str:
         "bounded rate. `kind` picks the rule (default `cidr`); plugins add kinds through "
         "the `gatekeep.rules` entry point (see docs/access-and-limits.md).",
         registry.rules)
+    out += _plugin_kinds(
+        "## `[shaper.NAME]`",
+        "Named shapers, attached to listeners (`shaper = \"NAME\"`). Each direction of a "
+        "forwarded connection is shaped on its own by pausing the sending side's reads "
+        "(the transport's producer API), so nothing is dropped and no more is buffered "
+        "than without shaping. `scope` says who shares one budget: `\"connection\"` "
+        "(the default: each connection its own), `\"ip\"` (all connections of a client "
+        "address, IPv6 grouped by `per_ip_prefix_v6`) or `\"listener\"` (all its "
+        "connections together). `kind` picks the shaper (default `bucket`); plugins add "
+        "kinds through the `gatekeep.shapers` entry point.",
+        registry.shapers)
     out += [
         "## Not yet implemented", "",
         "These keys of the gatekeep contract are recognised and refused with an error "

@@ -177,7 +177,7 @@ class ClientSide(Protocol):
         transport = self.transport
         assert transport is not None
         transport.pauseProducing()  # type: ignore[attr-defined]
-        self.relay = relay = Relay(transport, self.inbound.record)
+        self.relay = relay = Relay(transport, self.inbound.record, self.inbound.shaping)
         self._started = self.inbound.reactor.seconds()
         factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
         factory.noisy = False

@@ -1,0 +1,121 @@
+"""
+The half-close matrix: 0 B to 10 MiB each way, each side closing first (and both at
+once), on every relay path on main, byte-exact.
+
+The client sends a command line that the scripted backend (:mod:`tests.hostile.backend`)
+obeys, so both ends know what to send, when to shut down their write side and what
+they must receive. Paths: a TCP backend, a UNIX socket backend, and a TCP backend
+behind a PROXY v2 header (the header is written before the replayed bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.hostile.backend import payload
+from tests.hostile.harness import start_backend, start_gatekeep
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+SIZES = (0, 1, 65536 + 7, MiB, 10 * MiB)
+ORDERS = ("client", "backend", "both")
+
+CONFIG = """
+[[listener]]
+name = "plain"
+endpoint = "tcp:0:interface=127.0.0.1"
+service = "plain"
+
+[service.plain]
+[[service.plain.route]]
+name = "all"
+forward = {{ to = "{to}"{extra} }}
+"""
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while chunk := await reader.read(1 << 18):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    for start in range(0, len(data), 1 << 18):
+        writer.write(data[start:start + (1 << 18)])
+        await writer.drain()
+    writer.write_eof()
+    await writer.drain()
+
+
+async def one_case(port: int, ident: int, client_bytes: int, backend_bytes: int,
+                   first: str) -> str | None:
+    """Run one exchange; None if the client got exactly the backend's bytes."""
+    seed = ident * 2
+    mine, expected = payload(seed, client_bytes), payload(seed + 1, backend_bytes)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"HALF {ident} {client_bytes} {backend_bytes} {first} {seed}\n".encode())
+        if first == "client":
+            await send(writer, mine)
+            got = await read_all(reader)
+        elif first == "backend":
+            got = await read_all(reader)
+            await send(writer, mine)
+        else:
+            sending = asyncio.ensure_future(send(writer, mine))
+            got = await read_all(reader)
+            await sending
+    finally:
+        writer.close()
+    if got != expected:
+        return f"case {ident}: client got {len(got)} of {len(expected)} bytes (or others)"
+    return None
+
+
+async def run_matrix(port: int, cases: list[tuple[int, int, str]]) -> list[str]:
+    limit = asyncio.Semaphore(6)
+
+    async def guarded(ident: int, case: tuple[int, int, str]) -> str | None:
+        async with limit:
+            try:
+                return await asyncio.wait_for(one_case(port, ident, *case), 60)
+            except (OSError, TimeoutError) as error:
+                return f"case {ident} {case}: {error!r}"
+
+    found = await asyncio.gather(*(guarded(i, c) for i, c in enumerate(cases)))
+    return [f for f in found if f is not None]
+
+
+CASES = [(c, b, o) for o, (c, b) in itertools.product(ORDERS, itertools.product(SIZES, SIZES))]
+
+
+@pytest.mark.parametrize("path", ["tcp", "unix", "tcp+proxy-v2"])
+def test_half_close_matrix(tmp_path: Path, path: str) -> None:
+    sock = tmp_path / "backend.sock"
+    backend = start_backend(tmp_path / "backend", unix=sock if path == "unix" else None,
+                            proxy=path == "tcp+proxy-v2")
+    try:
+        to = f"unix:{sock}" if path == "unix" else f"tcp:127.0.0.1:{backend.port}"
+        extra = ', proxy_protocol = "v2"' if path == "tcp+proxy-v2" else ""
+        gatekeep = start_gatekeep(tmp_path / "gk", CONFIG.format(to=to, extra=extra), ["plain"])
+        try:
+            started = time.monotonic()
+            problems = asyncio.run(run_matrix(gatekeep.port("plain"), CASES))
+            results = backend.wait_results(len(CASES), timeout=60)
+            elapsed = time.monotonic() - started
+            bad = [r for r in results if not r.startswith("OK ")]
+            assert not problems, problems
+            assert not bad, bad
+            print(f"half-close {path}: {len(CASES)} cases byte-exact in {elapsed:.1f}s")
+        finally:
+            gatekeep.stop()
+        assert not gatekeep.problems(), gatekeep.problems()
+    finally:
+        backend.stop()

@@ -33,6 +33,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from gatekeep import __version__, metrics, systemd
+from gatekeep.acceptguard import AcceptGuard, guard_port
 from gatekeep.addresses import format_address
 from gatekeep.cli import describe_match
 from gatekeep.config.errors import ConfigErrors
@@ -63,6 +64,7 @@ class PortService(Service):
         self.factory = factory
         self.reactor = reactor
         self.port: IListeningPort | None = None
+        self._guard: AcceptGuard | None = None
 
     def privilegedStartService(self) -> None:
         self._listen_or_exit()
@@ -97,6 +99,7 @@ class PortService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        self._guard = guard_port(port, self.reactor, self.label)
         self.announce(format_address(port.getHost()))
 
     def announce(self, address: str) -> None:
@@ -108,6 +111,9 @@ class PortService(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self.port = self.port, None
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if port is not None:
             return port.stopListening()
         return None

@@ -461,7 +461,17 @@ TARGET_OPTIONS: dict[str, str] = {
     "respond": 'data = "hello"',
     "reject": "",
     "app": 'factory = "hello_web:make_site"',
+    "terminate": f'certificates = "{Path(__file__).parent / "fixtures" / "tls"}", '
+                 'service = "inner"',
 }
+#: Services some targets hand connections on to.
+INNER = """
+[service.inner]
+
+[[service.inner.route]]
+name = "inner"
+forward = { to = "tcp:127.0.0.1:8082" }
+"""
 
 
 @pytest.mark.parametrize("entry", builtin(TARGETS), ids=lambda e: e.name)
@@ -477,7 +487,7 @@ def test_builtin_target_provides_itarget(
         assert verifyClass(ITarget, factory)
     assert entry.name in TARGET_OPTIONS, f"add sample options for target {entry.name!r}"
     loaded = load_config(
-        config(action=entry.name, options=TARGET_OPTIONS[entry.name]), registry)
+        config(action=entry.name, options=TARGET_OPTIONS[entry.name]) + INNER, registry)
     target = loaded.services["edge"].routes[0].target
     assert verifyObject(ITarget, target)
     assert isinstance(target.describe(), str)

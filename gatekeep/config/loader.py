@@ -106,6 +106,8 @@ class _Loader:
     broken_access: set[str] = attrs.field(factory=set)
     shapers: dict[str, ShaperSpec] = attrs.field(factory=dict)
     broken_shapers: set[str] = attrs.field(factory=set)
+    #: Targets that hand connections on to another service (``terminate``), by path.
+    nesting: list[tuple[str, str, Any]] = attrs.field(factory=list)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -123,7 +125,8 @@ class _Loader:
         self.shaper_specs(data.get("shaper"))
         listeners = self.listeners(data.get("listener"))
         services = self.services(data.get("service"))
-        self.cross_check(listeners, services)
+        inner = self.link(services)
+        self.cross_check(listeners, services, inner)
         for problem in self.registry.problems:
             if (problem.group, problem.name) in self.used_plugins:
                 continue  # already reported as an error where it is used
@@ -445,7 +448,33 @@ class _Loader:
         except Invalid as error:
             self.error(path, f"target plugin '{kind}' does not provide ITarget: {error}")
             return None
+        if isinstance(getattr(target, "inner_service", None), str) and hasattr(target, "link"):
+            self.nesting.append((path, path.rsplit(".route[", 1)[0], target))
         return target
+
+    def link(self, services: Mapping[str, Service]) -> set[str]:
+        """
+        Give each nesting target (``terminate``) the service it hands streams to;
+        return the names of the services reached that way.
+        """
+        reached: set[str] = set()
+        for path, owner, target in self.nesting:
+            name = target.inner_service
+            where = key_path(path, "service")
+            if name not in services:
+                if not any(e.path.startswith(key_path("service", name)) for e in self.errors):
+                    self.error(where, f"no service named '{name}'",
+                               f"define [service.{name}] with the routes for the decrypted "
+                               "stream")
+                continue
+            if key_path("service", name) == owner:
+                self.error(where, f"impossible combination: the route hands the decrypted "
+                           f"stream back to its own service '{name}'",
+                           "use a separate inner service, e.g. [service.inner]")
+                continue
+            target.link(services[name], self.registry.detectors)
+            reached.add(name)
+        return reached
 
     def check_service(self, service: Service, path: str) -> None:
         seen: set[str] = set()
@@ -467,11 +496,12 @@ class _Loader:
                        f"use one of: {', '.join(r.name for r in service.routes)}")
 
     def cross_check(
-        self, listeners: list[ListenerConfig], services: Mapping[str, Service]
+        self, listeners: list[ListenerConfig], services: Mapping[str, Service],
+        inner: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> None:
         names: set[str] = set()
         endpoints: dict[str, str] = {}
-        used: set[str] = set()
+        used: set[str] = set(inner)
         for index, listener in enumerate(listeners):
             path = key_path("listener", index)
             if listener.name in names:

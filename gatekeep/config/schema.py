@@ -35,7 +35,6 @@ PLANNED: Mapping[str, str] = {
     "http": "the HTTP reverse proxy (issue 6)",
     "idle_timeout": "timeouts (issue 7)",
     "max_lifetime": "timeouts (issue 7)",
-    "terminate": "TLS termination (issue 4)",
 }
 
 

@@ -1,0 +1,229 @@
+"""
+The protocols of a terminated connection: TLS over the client's transport, and the
+inner chain that detects and routes what arrives decrypted (DESIGN.md, step 6).
+
+The inner chain is a :class:`~gatekeep.sniff.SniffingProtocol` on the TLS layer. It
+waits for the handshake, then detects like a listener would, with two differences:
+its client (and PROXY header) are the outer connection's, and a ``tls`` detector
+in its service reports the SNI and the *negotiated* ALPN protocol. It keeps its own
+tally; what matters of it (route, backend, facts, close reason) is copied into the
+outer connection's record, which alone is logged, once, with the bytes on the wire.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.tls import BufferingTLSTransport
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+from gatekeep import metrics
+from gatekeep.detectors.proxy import PREAMBLE, header_facts
+from gatekeep.interfaces import IDetector
+from gatekeep.routing import Selection
+from gatekeep.sniff import ListenerRuntime, SniffingProtocol
+from gatekeep.values import ConnectionRecord, FactValue, Inbound, Match, NeedMore, NoMatch
+
+if TYPE_CHECKING:
+    from gatekeep.targets.terminate import TerminateTarget
+
+__all__ = ["InnerSniffer", "Refusal", "TerminatingProtocol", "handshake_error"]
+
+
+class Refusal(Protocol):
+    """Writes a TLS alert record and closes: no handshake is started."""
+
+    def __init__(self, alert: bytes, reason: str, inbound: Inbound) -> None:
+        self.alert = alert
+        self.reason = reason
+        self.inbound = inbound
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.inbound.record.close(self.reason)
+        self.inbound.record.bytes_out += len(self.alert)
+        self.transport.write(self.alert)
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+class _Counting:
+    """The client's transport, counting the bytes TLS writes to it (``bytes_out``)."""
+
+    def __init__(self, transport: Any, record: ConnectionRecord) -> None:
+        self._transport = transport
+        self._record = record
+        directlyProvides(self, providedBy(transport))
+
+    def write(self, data: bytes) -> None:
+        self._record.bytes_out += len(data)
+        self._transport.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self._record.bytes_out += sum(map(len, data))
+        self._transport.writeSequence(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class TerminatingProtocol(BufferingTLSTransport):
+    """TLS server side over the sniffed connection, with the context chosen by SNI."""
+
+    def __init__(self, target: TerminateTarget, inbound: Inbound, context: SSL.Context,
+                 sni: str | None) -> None:
+        #: Read by the connection creator when Twisted builds the OpenSSL connection.
+        self.context = context
+        self.inbound = inbound
+        super().__init__(target.factory(inbound.reactor), InnerSniffer(target, inbound, sni))
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(_Counting(transport, self.inbound.record))
+
+
+@implementer(IDetector)
+@attrs.frozen
+class _Known:
+    """The ``tls`` detector of an inner service: the terminated session's facts."""
+
+    facts_known: dict[str, FactValue]
+    name: str = "tls"
+    max_prefix: int = 0
+
+    def detect(self, prefix: bytes) -> Match | NoMatch | NeedMore:
+        return Match(self.facts_known)
+
+
+def handshake_error(reason: Failure) -> str:
+    """OpenSSL's reasons for a failed handshake, or how the connection ended."""
+    if reason.check(SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else []  # type: ignore[union-attr]
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(entry[-1]) for entry in errors if entry)
+    return reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
+
+
+def _common_name(connection: SSL.Connection) -> str | None:
+    from cryptography.x509.oid import NameOID
+
+    certificate = connection.get_peer_certificate(as_cryptography=True)
+    if certificate is None:
+        return None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = str(names[0].value) if names else certificate.subject.rfc4514_string()
+    return value if value.isprintable() else repr(value)
+
+
+@implementer(IHandshakeListener)
+class InnerSniffer(SniffingProtocol):
+    """Detects and routes the decrypted stream of one terminated connection."""
+
+    def __init__(self, target: TerminateTarget, outer: Inbound, sni: str | None) -> None:
+        assert target.inner is not None, "the loader links terminate to its service"
+        super().__init__(ListenerRuntime.build(
+            outer.listener, target.inner, target.detectors, target.detect_timeout,
+            outer.reactor))
+        self.target = target
+        self.outer = outer
+        self.sni = sni
+        self.handshake_done = False
+        self._handshake_timer: IDelayedCall | None = None
+        self._began = 0.0
+
+    def connectionMade(self) -> None:
+        outer = self.outer
+        self.client, self.server, self.header = outer.client, outer.server, outer.proxy
+        self._began = outer.reactor.seconds()
+        self.record = ConnectionRecord(outer.listener, outer.record.client, self._began)
+        self._handshake_timer = outer.reactor.callLater(
+            self.target.handshake_timeout, self._handshakeTimedOut)
+
+    def _handshakeTimedOut(self) -> None:
+        self._handshake_timer = None
+        self._failed("timeout", "TLS handshake timeout")
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def _failed(self, outcome: str, why: str) -> None:
+        outer = self.outer
+        metrics.tls_handshake(outer.listener, outer.route.name, outcome)
+        outer.record.close(why)
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        outer = self.outer
+        transport: Any = self.transport
+        tls: SSL.Connection = transport.getHandle()
+        negotiated = tls.get_alpn_proto_negotiated() or b""
+        alpn = negotiated.decode("ascii", "backslashreplace")
+        version = tls.get_protocol_version_name()
+        metrics.tls_handshake(outer.listener, outer.route.name, "ok",
+                              outer.reactor.seconds() - self._began)
+        added: dict[str, FactValue] = {"tls_version": version, "negotiated": alpn or None}
+        client_cert = _common_name(tls)
+        if client_cert is not None:
+            added["client_cert"] = client_cert
+        outer.record.facts = {**outer.record.facts, **added}
+        runtime = self.runtime
+        if "tls" in runtime.detectors:
+            known = _Known({"sni": self.sni, "alpn": (alpn,) if alpn else (),
+                            "versions": (version,), "ech": False, "truncated": False})
+            self.runtime = attrs.evolve(runtime, detectors={**runtime.detectors, "tls": known})
+        if runtime.proxy_routes:
+            self._verdicts[PREAMBLE] = (Match(header_facts(self.header), self.header.length)
+                                        if self.header is not None else
+                                        NoMatch("no PROXY header"))
+        self._startDetecting()
+        if self.attached is None and self.runtime.detectors:
+            self._decide(final=False)
+
+    def _route(self, selection: Selection, prefix: bytes) -> None:
+        super()._route(selection, prefix)
+        self._merge()
+
+    def _merge(self) -> None:
+        inner, outer = self.record, self.outer.record
+        assert inner is not None
+        if inner.route is not None:
+            outer.route = f"{self.outer.route.name}>{inner.route}"
+        if inner.backend is not None:
+            outer.backend = inner.backend
+        extra: dict[str, FactValue] = {}
+        if inner.protocol is not None and inner.protocol != "tls":
+            extra["inner"] = inner.protocol
+            extra.update((k, v) for k, v in inner.facts.items() if k not in outer.facts)
+        elif "unique_id" in inner.facts:
+            extra["unique_id"] = inner.facts["unique_id"]
+        if extra:
+            outer.facts = {**outer.facts, **extra}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+            why = handshake_error(reason)
+            verifying = self.target.client_certificates != "none"
+            outcome = "client_certificate" if verifying and "certificate" in why else "failed"
+            self._failed(outcome, f"TLS handshake failed: {why}")
+        if self.attached is not None:
+            self.attached.connectionLost(reason)
+        record = self.record
+        if record is not None:
+            self._merge()
+            if record.close_reason is not None:
+                self.outer.record.close(record.close_reason)
+            elif self.handshake_done and record.route is None:
+                self.outer.record.close("client closed before detection")

@@ -33,10 +33,12 @@ from gatekeep.config.schema import PLANNED, key_path, load_table, unknown_key_er
 from gatekeep.config.tor import TorSettings, tor_problems
 from gatekeep.detectors._names import normalise_host
 from gatekeep.guard import NamedRule
+from gatekeep.http.settings import HTTPSite, load_sites
 from gatekeep.interfaces import IAccessRule, IShaper, ITarget
 from gatekeep.registry import DETECTORS, RULES, SHAPERS, TARGETS, Registry
 from gatekeep.routing import NAME_FACTS, split_host_port
 from gatekeep.shapers.shaping import ShaperSpec
+from gatekeep.targets.http import HTTPTarget
 from gatekeep.values import Condition, Route, Service
 
 __all__ = ["load_config", "load_config_file"]
@@ -49,7 +51,9 @@ def _canonical_name(text: str) -> str | None:
     except ValueError:
         return normalise_host(text.rstrip(".")) if text else None
 
-_TOP_KEYS = ["listener", "service", "admin", "access", "shaper", "drain_timeout"]
+_TOP_KEYS = ["listener", "service", "http", "admin", "access", "shaper", "drain_timeout"]
+#: Actions built in the loader itself: their value names another table.
+_TABLE_ACTIONS = ("http",)
 _GLOBAL_KEYS = ["drain_timeout"]
 _SERVICE_KEYS = ["default", "route"]
 
@@ -108,6 +112,8 @@ class _Loader:
     broken_shapers: set[str] = attrs.field(factory=set)
     #: Targets that hand connections on to another service (``terminate``), by path.
     nesting: list[tuple[str, str, Any]] = attrs.field(factory=list)
+    sites: dict[str, HTTPSite] = attrs.field(factory=dict)
+    used_sites: set[str] = attrs.field(factory=set)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -124,7 +130,11 @@ class _Loader:
         self.access_rules(data.get("access"))
         self.shaper_specs(data.get("shaper"))
         listeners = self.listeners(data.get("listener"))
+        self.sites = load_sites(data.get("http"), self.errors)
         services = self.services(data.get("service"))
+        for name in self.sites:
+            if name not in self.used_sites:
+                self.warnings.append(f"http.{name}: not used by any route")
         inner = self.link(services)
         self.cross_check(listeners, services, inner)
         for problem in self.registry.problems:
@@ -337,7 +347,8 @@ class _Loader:
         if not isinstance(table, dict):
             self.error(path, "expected a table")
             return None
-        actions = [key for key in table if key in self.registry.targets]
+        actions = [key for key in table
+                   if key in self.registry.targets or key in _TABLE_ACTIONS]
         planned = [key for key in table if key in PLANNED and key not in self.registry.targets]
         broken = [key for key in table if self.registry.problem(TARGETS, key) is not None]
         plain = {k: v for k, v in table.items()
@@ -427,7 +438,24 @@ class _Loader:
         shown = f"[{name}]" if ":" in name and port is not None else name
         return ("*." if wildcard else "") + shown + (f":{port}" if port is not None else "")
 
+    def http_target(self, options: object, path: str) -> ITarget | None:
+        if not isinstance(options, str):
+            self.error(path, "expected the name of an [http.NAME] table",
+                       'e.g. http = "site", with an [http.site] table')
+            return None
+        self.used_sites.add(options)
+        site = self.sites.get(options)
+        if site is None:
+            if not any(e.path.startswith(key_path("http", options)) for e in self.errors):
+                self.error(path, f"no [http.{options}] table",
+                           f"define [http.{options}] or use one of: "
+                           f"{', '.join(self.sites) or '(none defined)'}")
+            return None
+        return HTTPTarget(site)
+
     def target(self, kind: str, options: object, path: str) -> ITarget | None:
+        if kind == "http":
+            return self.http_target(options, path)
         factory = self.registry.targets[kind]
         if not isinstance(options, dict):
             self.error(path, "expected a table of options", f"e.g. {kind} = {{ ... }}")

@@ -21,6 +21,7 @@ from gatekeep.config.model import (
 )
 from gatekeep.config.schema import PLANNED, REQUIRED
 from gatekeep.config.tor import TorSettings
+from gatekeep.http.settings import HTTPRoute, HTTPSite, Respond
 from gatekeep.registry import load_registry
 
 __all__ = ["reference"]
@@ -45,6 +46,21 @@ tor's circuit ID, so two circuits are two clients. The line is consumed before
 detection; a stream without it is refused. `gatekeep check` validates these keys, finds
 the tor program and checks the client-auth lines; tor itself is only contacted by
 `twistd gatekeep`. See docs/recipes/onion.md."""
+
+
+_HTTP_NOTE = """\
+    An HTTP reverse proxy, used by service routes with `http = "NAME"`. Requests are
+    routed by Host and raw path prefix; the request-target reaches the backend exactly
+    as received (no %-decoding, no `//` or `..` collapsing). Backends get
+    `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and RFC 7239 `Forwarded`.
+    Bodies stream both ways (Content-Length or chunked) with flow control; requests on a
+    keep-alive connection (pipelined too) are answered in order; `Upgrade` requests
+    (WebSocket) become a byte tunnel once the backend answers 101. Requests a backend
+    could read differently from gatekeep are answered `400` and the connection closed:
+    Content-Length with Transfer-Encoding, repeated Content-Length or Host, obsolete
+    line folding, invalid field names or control characters, bare CR/LF, bad chunks.
+    A backend that cannot be reached gets the client a `502`, one that does not answer
+    within `response_timeout` a `504`, both with a short text body."""
 
 
 def _default(field: Any) -> str:
@@ -107,6 +123,9 @@ def reference() -> str:
         shown = ", ".join(f"`{f}`" for f in facts) if facts else "(see the plugin's docs)"
         out.append(f"| `{name}` | {shown} |")
     out += ["", "### Actions", ""]
+    out += ["#### `http`", "", "`http = \"SITE\"`: serve the connection with the HTTP reverse "
+            "proxy `[http.SITE]` (below): HTTP/1.0 and HTTP/1.1 from clients, plain or "
+            "decrypted by `terminate`.", ""]
     for name, factory in sorted(registry.targets.items()):
         out += [f"#### `{name}`", "", (factory.__doc__ or "").strip(), ""]
         if isinstance(factory, type) and attrs.has(factory):
@@ -131,6 +150,12 @@ def reference() -> str:
         "connections together). `kind` picks the shaper (default `bucket`); plugins add "
         "kinds through the `gatekeep.shapers` entry point.",
         registry.shapers)
+    out += ["## `[http.NAME]`", "", inspect.cleandoc(_HTTP_NOTE), ""]
+    out += [*_table(HTTPSite, skip=("name",)), ""]
+    out += ["### `[[http.NAME.route]]`", "", " ".join((HTTPRoute.__doc__ or "").split()), ""]
+    out += [*_table(HTTPRoute), "| `respond` | none | A table answered by gatekeep itself "
+            "for every method (OPTIONS included, for CORS preflight): |", ""]
+    out += ["#### `respond` of an HTTP route", "", *_table(Respond), ""]
     out += [
         "## Not yet implemented", "",
         "These keys of the gatekeep contract are recognised and refused with an error "

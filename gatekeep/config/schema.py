@@ -32,7 +32,6 @@ REQUIRED = attrs.NOTHING
 #: rather than a setting silently ignored.
 PLANNED: Mapping[str, str] = {
     "workers": "multi-core workers (issue 9)",
-    "http": "the HTTP reverse proxy (issue 6)",
     "idle_timeout": "timeouts (issue 7)",
     "max_lifetime": "timeouts (issue 7)",
 }

@@ -43,7 +43,7 @@ from gatekeep.detectors._names import normalise_host
 from gatekeep.interfaces import IDetector
 from gatekeep.values import FactValue, Match, NeedMore, NoMatch
 
-__all__ = ["H2_PREFACE", "HTTPDetector"]
+__all__ = ["H2_PREFACE", "HTTPDetector", "parse_authority"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_METHOD = 32
@@ -120,7 +120,7 @@ def _target_form(target: bytes, method: bytes) -> tuple[bytes | None, bytes]:
     raise _Rejected("request-target in no known form")
 
 
-def _authority(raw: bytes) -> tuple[str | None, int | None]:
+def parse_authority(raw: bytes) -> tuple[str | None, int | None]:
     """(host, port) of ``host[:port]``, or (None, None) if it is not valid."""
     if not raw.isascii() or b"@" in raw:
         return None, None
@@ -203,9 +203,9 @@ def _scan_request(view: bytes) -> dict[str, FactValue]:
     if len(hosts) > 1:
         host, port = None, None
     elif authority is not None:
-        host, port = _authority(authority)
+        host, port = parse_authority(authority)
     elif hosts:
-        host, port = _authority(hosts[0])
+        host, port = parse_authority(hosts[0])
     else:
         host, port = None, None
     return {

@@ -1,0 +1,169 @@
+"""
+The backend side: one HTTP/1.1 connection (h11 client) per exchange at a time.
+
+A connection whose exchange ended cleanly (both sides DONE, keep-alive) goes back
+to its client connection's :class:`Pool` and serves that client's next request for
+the same backend. After a ``101 Switching Protocols`` it becomes a byte tunnel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import h11
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+__all__ = ["Gate", "Pool", "Upstream", "UpstreamListener"]
+
+
+class UpstreamListener(TypingProtocol):
+    def upstream_event(self, event: Any) -> None: ...
+    def upstream_failed(self, why: str) -> None: ...
+
+
+class Gate:
+    """
+    A streaming producer standing for a transport that several reasons may pause.
+
+    Twisted resumes a producer as soon as *its* reason is gone; the gate keeps the
+    transport paused while any reason remains, and follows a change of transport.
+    """
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.reasons: set[str] = set()
+
+    def attach(self, transport: Any) -> None:
+        if transport is self.transport:
+            return
+        if self.transport is not None and self.reasons:
+            self.transport.resumeProducing()
+        self.transport = transport
+        if transport is not None and self.reasons:
+            transport.pauseProducing()
+
+    def hold(self, reason: str) -> None:
+        if not self.reasons and self.transport is not None:
+            self.transport.pauseProducing()
+        self.reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason not in self.reasons:
+            return
+        self.reasons.discard(reason)
+        if not self.reasons and self.transport is not None:
+            self.transport.resumeProducing()
+
+    # IPushProducer, as seen by the consumer transport it is registered with.
+    def pauseProducing(self) -> None:
+        self.hold("consumer")
+
+    def resumeProducing(self) -> None:
+        self.release("consumer")
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Upstream(Protocol):
+    """One connection to a backend, speaking HTTP/1.1 through h11."""
+
+    def __init__(self, to: str) -> None:
+        self.to = to
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.listener: UpstreamListener | None = None
+        self.tunnel: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[Failure], None] | None = None
+        self.connected = False
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.connected = True
+
+    def send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
+        self.h11.receive_data(data)
+        self._events()
+
+    def _events(self) -> None:
+        while self.listener is not None and self.tunnel is None:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as error:
+                listener, self.listener = self.listener, None
+                listener.upstream_failed(f"backend broke HTTP/1.1: {error}")
+                self.abort()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            self.listener.upstream_event(event)
+
+    @property
+    def reusable(self) -> bool:
+        return (not self.lost and self.h11.our_state is h11.DONE
+                and self.h11.their_state is h11.DONE)
+
+    def recycle(self) -> bool:
+        """Ready the connection for another request; False if it cannot be."""
+        if not self.reusable:
+            return False
+        self.h11.start_next_cycle()
+        return True
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        if self.tunnel is None and self.listener is not None:
+            self.h11.receive_data(b"")
+            self._events()
+            if self.listener is not None:
+                listener, self.listener = self.listener, None
+                listener.upstream_failed("backend closed the connection")
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+
+class Pool:
+    """Idle backend connections of one client connection, by endpoint string."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[Upstream]] = {}
+
+    def take(self, to: str) -> Upstream | None:
+        idle = self.idle.get(to)
+        while idle:
+            upstream = idle.pop()
+            if not upstream.lost:
+                return upstream
+        return None
+
+    def put(self, upstream: Upstream) -> None:
+        if upstream.recycle():
+            upstream.listener = None
+            upstream.on_lost = None
+            self.idle.setdefault(upstream.to, []).append(upstream)
+        else:
+            upstream.close()
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            for upstream in idle:
+                upstream.close()
+        self.idle.clear()

@@ -1,0 +1,60 @@
+"""
+The ``http = "SITE"`` action: the HTTP reverse proxy of ``[http.SITE]``.
+
+The connection's bytes (already detected as HTTP, plain or decrypted by
+``terminate``) are served by :mod:`gatekeep.http`: HTTP/1.x here, HTTP/2 when the
+client starts with the HTTP/2 preface (ALPN ``h2`` after ``terminate``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import attrs
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from gatekeep.http.accesslog import AccessLog
+from gatekeep.http.server import HTTP1Connection
+from gatekeep.http.settings import HTTPSite
+from gatekeep.interfaces import ITarget
+from gatekeep.values import Inbound
+
+__all__ = ["HTTPTarget"]
+
+
+@implementer(ITarget)
+@attrs.define(eq=False)
+class HTTPTarget:
+    """
+    `http = "SITE"`: serve the connection with the HTTP reverse proxy `[http.SITE]`
+    (its routes send requests to backends or answer them; see `[http.NAME]`).
+    """
+
+    site: HTTPSite
+    access_log: AccessLog | None = attrs.field(default=None)
+    _endpoints: weakref.WeakKeyDictionary[Any, dict[str, IStreamClientEndpoint]] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.access_log is None and self.site.access_log is not None:
+            self.access_log = AccessLog(self.site.access_log)
+
+    def endpoint(self, reactor: Any, to: str) -> IStreamClientEndpoint:
+        """The parsed endpoint for ``to`` (parsed once per reactor, not per request)."""
+        known = self._endpoints.setdefault(reactor, {})
+        endpoint = known.get(to)
+        if endpoint is None:
+            endpoint = known[to] = clientFromString(reactor, to)
+        return endpoint
+
+    def attach(self, inbound: Inbound) -> Protocol:
+        inbound.record.backend = f"http:{self.site.name}"
+        return HTTP1Connection(self, inbound)
+
+    def describe(self) -> str:
+        site = self.site
+        return f"http site {site.name!r} ({len(site.routes)} route(s))"

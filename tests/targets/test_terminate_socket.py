@@ -127,3 +127,64 @@ class TerminateSocketTests(TestCase):
         text = (done.stdout + done.stderr).decode(errors="replace")
         self.assertIn("Verification: OK", text)
         self.assertIn("ALPN protocol: h2", text)
+
+
+class CertificateRenewalTests(TestCase):
+    """A certificate replaced on disk serves new connections; open ones carry on."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_new_connections_get_the_new_certificate(self) -> Any:
+        from gatekeep import certstore
+
+        self.patch(certstore, "REFRESH_INTERVAL", 0.0)  # look at the files every time
+        directory = scratch_dir(self) / "certs"
+        directory.mkdir()
+        ca = make_ca()
+        cafile = str(ca.write(directory.parent / "ca.pem"))
+        ca.leaf("example.test", common_name="old").write_combined(directory / "site.pem")
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        ports = start_gatekeep(self, CONFIG.format(certs=directory,
+                                                   port=port.getHost().port))
+        first = yield threads.deferToThread(Client, ports["edge"], cafile)
+        self.addCleanup(first.close)
+        self.assertEqual(first.name, "CN=old")
+        # certbot-style renewal: the new file is written beside and renamed over.
+        ca.leaf("example.test", common_name="new").write_combined(directory / "site.tmp")
+        (directory / "site.tmp").replace(directory / "site.pem")
+        second = yield threads.deferToThread(Client, ports["edge"], cafile)
+        self.addCleanup(second.close)
+        self.assertEqual(second.name, "CN=new")
+        # The first connection is undisturbed.
+        echoed = yield threads.deferToThread(first.echo, b"still here")
+        self.assertEqual(echoed, b"still here")
+
+
+class Client:
+    """A TLS connection kept open across the test (blocking calls, run in threads)."""
+
+    def __init__(self, port: int, cafile: str) -> None:
+        context = ssl.create_default_context(cafile=cafile)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.tls = context.wrap_socket(raw, server_hostname="example.test")
+        certificate = self.tls.getpeercert()
+        assert certificate is not None
+        subject = dict(x[0] for x in certificate["subject"])  # type: ignore[misc]
+        self.name = f"CN={subject['commonName']}"
+        self.echo(b"hello")  # past the PROXY header the backend echoes back
+
+    def echo(self, data: bytes) -> bytes:
+        self.tls.sendall(data)
+        received = b""
+        while not received.endswith(data):
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received[-len(data):]
+
+    def close(self) -> None:
+        self.tls.close()

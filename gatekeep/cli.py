@@ -39,6 +39,9 @@ def service_table(service: Service) -> list[str]:
                      f"  -> {route.target.describe()}")
         if route.access is not None:
             lines.append(f"       {'':<{width}}  access {route.access.describe()}")
+        timeouts = _timeouts(route.idle_timeout, route.max_lifetime)
+        if timeouts:
+            lines.append(f"       {'':<{width}}  timeouts: {timeouts}")
     return lines
 
 
@@ -56,7 +59,19 @@ def listener_guard_lines(listener: ListenerConfig, config: Config) -> list[str]:
     limits = limits_of(listener).describe()
     if limits:
         lines.append("limits: " + ", ".join(limits))
+    timeouts = _timeouts(listener.idle_timeout, listener.max_lifetime)
+    if timeouts:
+        lines.append("timeouts: " + timeouts)
     return lines
+
+
+def _timeouts(idle: float | None, lifetime: float | None) -> str:
+    parts = []
+    if idle is not None:
+        parts.append(f"idle_timeout {format_duration(idle)}")
+    if lifetime is not None:
+        parts.append(f"max_lifetime {format_duration(lifetime)}")
+    return ", ".join(parts)
 
 
 def route_table(config: Config) -> str:

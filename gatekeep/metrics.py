@@ -97,7 +97,8 @@ _OUTCOMES = {
 def outcome_of(record: ConnectionRecord) -> str:
     """
     One word for how a connection ended: ``ok``, ``no_route``, ``abandoned``,
-    ``rejected``, ``responded``, ``backend_error``, ``refused``, ``error``.
+    ``rejected``, ``responded``, ``backend_error``, ``refused``, ``timeout``
+    (``idle_timeout`` or ``max_lifetime``), ``error``.
     """
     reason = record.close_reason or ""
     if reason.startswith("backend unreachable"):
@@ -105,6 +106,10 @@ def outcome_of(record: ConnectionRecord) -> str:
     if reason.startswith(("refused", "PROXY header", "no PROXY header",
                           "incomplete PROXY header", "malformed PROXY header")):
         return "refused"
+    if reason.startswith(("idle_timeout", "max_lifetime")):
+        return "timeout"
+    if reason.startswith("no route"):
+        return "no_route"
     return _OUTCOMES.get(reason, "ok")
 
 

@@ -43,6 +43,7 @@ from gatekeep.preamble import ProxyPolicy
 from gatekeep.registry import Registry
 from gatekeep.sniff import ListenerRuntime, SniffingFactory
 from gatekeep.status import ListenerStatus, RecentErrors, RouteStatus, ServiceStatus, Snapshot
+from gatekeep.timeouts import Timeouts, wheel_for
 from gatekeep.tracker import ConnectionTracker
 
 __all__ = ["AdminService", "BindError", "GatekeepService", "ListenerService"]
@@ -205,7 +206,13 @@ class GatekeepService(MultiService):
             listener.name, config.services[listener.service], self.registry.detectors,
             listener.detect_timeout, self.reactor, self.tracker,
             self._proxy_policy(listener), guard=self._guard(listener, config),
-            shaper=config.shapers.get(listener.shaper) if listener.shaper else None)
+            shaper=config.shapers.get(listener.shaper) if listener.shaper else None,
+            timeouts=self._timeouts(listener))
+
+    def _timeouts(self, listener: ListenerConfig) -> Timeouts | None:
+        if listener.idle_timeout is None and listener.max_lifetime is None:
+            return None
+        return Timeouts(wheel_for(self.reactor), listener.idle_timeout, listener.max_lifetime)
 
     def _guard(self, listener: ListenerConfig, config: Config) -> Guard:
         state = self.guard_states.get(listener.name)

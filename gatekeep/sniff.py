@@ -33,6 +33,7 @@ from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from
 from gatekeep.proxyproto import ProxyHeader
 from gatekeep.routing import Selection, select_route
 from gatekeep.shapers.shaping import ShaperSpec, Shaping
+from gatekeep.timeouts import Deadline, Timeouts, wheel_for
 from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
     ConnectionRecord,
@@ -71,20 +72,22 @@ class ListenerRuntime:
     guard: Guard | None = None
     #: The listener's ``[shaper.X]``; None: unshaped.
     shaper: ShaperSpec | None = None
+    #: ``idle_timeout`` and ``max_lifetime`` (on the process's timer wheel).
+    timeouts: Timeouts | None = None
 
     @classmethod
     def build(
         cls, name: str, service: Service, all_detectors: Mapping[str, IDetector],
         detect_timeout: float, reactor: Any, tracker: ConnectionTracker | None = None,
         proxy: ProxyPolicy | None = None, *, guard: Guard | None = None,
-        shaper: ShaperSpec | None = None,
+        shaper: ShaperSpec | None = None, timeouts: Timeouts | None = None,
     ) -> ListenerRuntime:
         # Only the detectors this service's routes use run, in route order. The
         # PROXY preamble is read before detection, not run as a detector.
         wanted = [r.detector for r in service.routes if r.detector is not None]
         used = {d: all_detectors[d] for d in dict.fromkeys(wanted) if d != PREAMBLE}
         return cls(name, service, used, detect_timeout, reactor, tracker, proxy or ProxyPolicy(),
-                   PREAMBLE in wanted, guard, shaper)
+                   PREAMBLE in wanted, guard, shaper, timeouts)
 
 
 def run_detectors(
@@ -141,6 +144,8 @@ class SniffingProtocol(Protocol):
         #: Refused by the guard: its refusal log has it, not a connection line.
         self._quiet = False
         self._shaping: Shaping | None = None
+        self._deadlines: Deadline | None = None
+        self._detect_expired = False
 
     def connectionMade(self) -> None:
         runtime = self.runtime
@@ -151,6 +156,8 @@ class SniffingProtocol(Protocol):
         metrics.connection_opened(self.record)
         if runtime.tracker is not None:
             runtime.tracker.opened(runtime.name, self)
+        if runtime.timeouts is not None:
+            self._deadlines = runtime.timeouts.start(self.record, transport)
         if runtime.proxy_routes:
             self._verdicts[PREAMBLE] = NoMatch("no PROXY header")
         policy = runtime.proxy
@@ -268,6 +275,7 @@ class SniffingProtocol(Protocol):
 
     def _timedOut(self) -> None:
         self._deadline = None
+        self._detect_expired = True
         if self._preamble:
             self._readPreamble("the detect_timeout passed")
             return
@@ -294,7 +302,8 @@ class SniffingProtocol(Protocol):
         record.facts = {**detected, **self._preamble_facts}
         route = selection.route
         if route is None:
-            record.close("no route")
+            record.close("no route (detect_timeout passed)" if self._detect_expired
+                         else "no route")
             message = failure_bytes(protocol, detected, "refused")
             record.bytes_out += len(message)
             transport.write(message)
@@ -308,6 +317,8 @@ class SniffingProtocol(Protocol):
                 self._refuseQuietly(guard, refusal, failure_bytes(protocol, detected, "denied"))
                 return
         record.route = route.name
+        if route.idle_timeout is not None or route.max_lifetime is not None:
+            self._routeDeadlines(route.idle_timeout, route.max_lifetime)
         if self.runtime.shaper is not None:
             self._shaping = self._shape(self.runtime.shaper)
         inbound = Inbound(
@@ -329,6 +340,14 @@ class SniffingProtocol(Protocol):
             attached.dataReceived(prefix)
         if self._client_eof:
             self._relayReadLost()
+
+    def _routeDeadlines(self, idle: float | None, lifetime: float | None) -> None:
+        """The route's own timeouts replace the listener's."""
+        assert self.record is not None
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        timeouts = self.runtime.timeouts or Timeouts(wheel_for(self.runtime.reactor))
+        self._deadlines = timeouts.start(self.record, self.transport, idle, lifetime)
 
     def _shape(self, shaper: ShaperSpec) -> Shaping:
         runtime = self.runtime
@@ -378,6 +397,9 @@ class SniffingProtocol(Protocol):
         if self._shaping is not None:
             self._shaping.stop()
             self._shaping = None
+        if self._deadlines is not None:
+            self._deadlines.stop()
+            self._deadlines = None
         guard = self.runtime.guard
         if guard is not None:
             if self._client_key is not None:

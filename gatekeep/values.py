@@ -106,6 +106,9 @@ class Route:
     target: ITarget
     access: IAccessRule | None = None
     connect_timeout: float | None = None
+    #: Override the listener's ``idle_timeout`` / ``max_lifetime`` once routed.
+    idle_timeout: float | None = None
+    max_lifetime: float | None = None
 
 
 @attrs.frozen

@@ -373,7 +373,8 @@ class _Loader:
         if settings is None or target is None or len(self.errors) > before:
             return None
         return Route(settings.name, detector, conditions, target, access=access,
-                     connect_timeout=settings.connect_timeout)
+                     connect_timeout=settings.connect_timeout,
+                     idle_timeout=settings.idle_timeout, max_lifetime=settings.max_lifetime)
 
     def match(self, raw: object, path: str) -> tuple[str | None, tuple[Condition, ...]]:
         if raw is None:

@@ -195,6 +195,16 @@ class ListenerConfig:
         "The `[shaper.NAME]` that paces this listener's forwarded connections, each "
         "direction on its own, by pausing reads (nothing is dropped or buffered).",
         default=None, parse=parse_name, shown="none (full speed)")
+    idle_timeout: float | None = setting(
+        "Close a connection after this long with no bytes either way (checked every "
+        "quarter of it: the close comes between this and 1.25 times this after the last "
+        "byte). Its log line says `close=idle_timeout (5m) passed`. A route may set its "
+        "own.",
+        default=None, parse=_positive_duration, shown="none")
+    max_lifetime: float | None = setting(
+        "Close a connection this long after accept, busy or not; its log line says "
+        "`close=max_lifetime (24h) reached`. A route may set its own.",
+        default=None, parse=_positive_duration, shown="none")
     #: ``[listener.tor]``: an onion service instead of ``endpoint`` (loaded on its own).
     tor: TorSettings | None = attrs.field(default=None, kw_only=True)
 
@@ -273,6 +283,13 @@ class RouteSettings:
         "(after the listener's own rule). A denial closes the connection with a "
         "protocol-appropriate error where one exists.",
         default=None, parse=parse_name, shown="none")
+    idle_timeout: float | None = setting(
+        "The listener's `idle_timeout` for connections that take this route.",
+        default=None, parse=_positive_duration, shown="the listener's")
+    max_lifetime: float | None = setting(
+        "The listener's `max_lifetime` for connections that take this route (still "
+        "counted from accept).",
+        default=None, parse=_positive_duration, shown="the listener's")
 
 
 @attrs.frozen

@@ -32,8 +32,6 @@ REQUIRED = attrs.NOTHING
 #: rather than a setting silently ignored.
 PLANNED: Mapping[str, str] = {
     "workers": "multi-core workers (issue 9)",
-    "idle_timeout": "timeouts (issue 7)",
-    "max_lifetime": "timeouts (issue 7)",
 }
 
 

@@ -33,6 +33,7 @@ from gatekeep.failures import FailureKind, failure_bytes
 from gatekeep.interfaces import ITarget
 from gatekeep.preamble import plain_ip
 from gatekeep.relay import BackendSide, Relay
+from gatekeep.targets.backendtls import Pin, check_pinned_target, parse_pins, pinned_endpoint
 from gatekeep.targets.proxyheader import TLV_NAMES, outgoing_header
 from gatekeep.targets.transparent import TransparentEndpoint, parse_tcp_destination
 from gatekeep.values import Inbound
@@ -114,6 +115,18 @@ class ForwardTarget:
         parse=expect(bool, "true or false"),
         shown="`false`",
     )
+    tls_pin: tuple[Pin, ...] = setting(
+        "Trust a `tls:` backend by its key instead of a CA: its certificate must match one "
+        "of these pins, `\"sha256/BASE64\"` (SHA-256 of the public key, as HPKP and curl's "
+        "`--pinnedpubkey` write it) or `\"sha256:HEX\"` (the certificate's fingerprint). "
+        "Issuer, names and `trustRoots` are then not checked, so a self-signed backend "
+        "works; a mismatch closes the connection and logs a warning. Without it, `tls:` "
+        "backends are verified against `trustRoots` (a directory of PEM CA certificates, "
+        "else the system's) and NAME with service-identity.",
+        default=(),
+        parse=parse_pins,
+        shown="`[]`",
+    )
     # Parsed endpoints per reactor: parsing per connection would cost more than
     # the connect itself.
     _endpoints: weakref.WeakKeyDictionary[Any, IStreamClientEndpoint] = attrs.field(
@@ -122,7 +135,9 @@ class ForwardTarget:
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         endpoint = self._endpoints.get(reactor)
         if endpoint is None:
-            endpoint = self._endpoints[reactor] = clientFromString(reactor, self.to)
+            endpoint = self._endpoints[reactor] = (
+                pinned_endpoint(reactor, self.to, self.tls_pin) if self.tls_pin
+                else clientFromString(reactor, self.to))
         return endpoint
 
     def __attrs_post_init__(self) -> None:
@@ -130,6 +145,8 @@ class ForwardTarget:
             raise ValueError('impossible combination: proxy_tlvs needs proxy_protocol = "v2"')
         if self.transparent:
             parse_tcp_destination(self.to)  # ValueError: the backend must be tcp:IP:PORT
+        if self.tls_pin:
+            check_pinned_target(self.to)
 
     def _transparent(self, inbound: Inbound) -> IStreamClientEndpoint:
         host, port = parse_tcp_destination(self.to)
@@ -152,6 +169,8 @@ class ForwardTarget:
             extra += f" (TLVs: {', '.join(self.proxy_tlvs)})"
         if self.transparent:
             extra += ", transparent (from the client's address)"
+        if self.tls_pin:
+            extra += f", pinned ({len(self.tls_pin)} pin{'s' if len(self.tls_pin) > 1 else ''})"
         return f"forward to {self.to}{extra}"
 
 

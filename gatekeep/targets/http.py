@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from gatekeep.detectors.http import H2_PREFACE
 from gatekeep.http.accesslog import AccessLog
 from gatekeep.http.server import HTTP1Connection
 from gatekeep.http.settings import HTTPSite
@@ -24,6 +25,19 @@ from gatekeep.interfaces import ITarget
 from gatekeep.values import Inbound
 
 __all__ = ["HTTPTarget"]
+
+
+def _speaks_h2(inbound: Inbound) -> bool:
+    """HTTP/2: its preface was detected, or TLS (``terminate``) negotiated ALPN ``h2``."""
+    if inbound.facts.get("version") == "2" or inbound.prefix.startswith(H2_PREFACE):
+        return True
+    get_handle = getattr(inbound.transport, "getHandle", None)
+    try:
+        handle = get_handle() if get_handle is not None else None
+        negotiated = handle.get_alpn_proto_negotiated() if handle is not None else None
+    except Exception:  # noqa: BLE001 - not a pyOpenSSL connection: not TLS
+        return False
+    return negotiated == b"h2"
 
 
 @implementer(ITarget)
@@ -53,6 +67,10 @@ class HTTPTarget:
 
     def attach(self, inbound: Inbound) -> Protocol:
         inbound.record.backend = f"http:{self.site.name}"
+        if _speaks_h2(inbound):
+            from gatekeep.http.h2server import H2Connection
+
+            return H2Connection(self, inbound)
         return HTTP1Connection(self, inbound)
 
     def describe(self) -> str:

@@ -125,7 +125,8 @@ def reference() -> str:
     out += ["", "### Actions", ""]
     out += ["#### `http`", "", "`http = \"SITE\"`: serve the connection with the HTTP reverse "
             "proxy `[http.SITE]` (below): HTTP/1.0 and HTTP/1.1 from clients, plain or "
-            "decrypted by `terminate`.", ""]
+            "decrypted by `terminate`, and HTTP/2 when `terminate` negotiated ALPN `h2` (or "
+            "the client sent the HTTP/2 preface); backends are spoken to in HTTP/1.1.", ""]
     for name, factory in sorted(registry.targets.items()):
         out += [f"#### `{name}`", "", (factory.__doc__ or "").strip(), ""]
         if isinstance(factory, type) and attrs.has(factory):

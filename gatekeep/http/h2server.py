@@ -10,6 +10,7 @@ cannot send pauses its backend, and a full client socket pauses every backend.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Final
 
 import h2.config
@@ -212,10 +213,8 @@ class H2Stream:
     def reset(self, code: int) -> None:
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
                 self.connection.conn.reset_stream(self.stream_id, code)
-            except h2.exceptions.StreamClosedError:
-                pass
             self.connection.flush()
         self.connection.forget(self.stream_id)
 

@@ -21,11 +21,13 @@ from tests.integration.clients import require
 from tests.integration.peers import (
     BannerServer,
     Gatekeep,
+    HTTPEcho,
     Prosody,
     Sshd,
     Web,
     start_banner_server,
     start_gatekeep,
+    start_http_echo,
     start_prosody,
     start_sshd,
     start_web,
@@ -93,6 +95,14 @@ def sshd(peers_dir: Path) -> Iterator[Sshd]:
 @pytest.fixture(scope="session")
 def banner_server(peers_dir: Path) -> Iterator[BannerServer]:
     started = start_banner_server(peers_dir / "banner")
+    yield started
+    started.peer.stop()
+
+
+@pytest.fixture(scope="session")
+def http_echo(peers_dir: Path) -> Iterator[HTTPEcho]:
+    """An HTTP/1.1 backend echoing raw request heads (and a WebSocket echo on /ws)."""
+    started = start_http_echo(peers_dir / "http-echo")
     yield started
     started.peer.stop()
 

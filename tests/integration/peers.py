@@ -290,6 +290,27 @@ def start_banner_server(root: Path) -> BannerServer:
     return BannerServer(peer, int(match.group(1)), BANNER)
 
 
+# ---------------------------------------------------------------- HTTP echo backend
+
+@attrs.frozen
+class HTTPEcho:
+    peer: Peer
+    port: int
+
+
+def start_http_echo(root: Path) -> HTTPEcho:
+    """tests/integration/http_echo.py: echoes raw request heads, serves /page and /ws."""
+    root.mkdir(parents=True, exist_ok=True)
+    peer = Peer("http-echo", [sys.executable, HERE / "http_echo.py"], root / "echo.log",
+                cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        match = peer.wait_output(r"^listening on 127\.0\.0\.1:(\d+)$")
+    except PeerError:
+        peer.stop()
+        raise
+    return HTTPEcho(peer, int(match.group(1)))
+
+
 # ---------------------------------------------------------------- gatekeep
 
 _CONNECTION = re.compile(

@@ -9,21 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 from tests.integration.clients import curl, require, tcp_exchange
 from tests.integration.conftest import GatekeepRunner
-from tests.integration.peers import Gatekeep
-from tests.integration.process import Peer, PeerError, free_port, wait_until
+from tests.integration.peers import Gatekeep, HTTPEcho
+from tests.integration.process import free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-HERE = Path(__file__).parent
 
 CONFIG = """
 [[listener]]
@@ -73,35 +68,16 @@ to = "tcp:127.0.0.1:{echo}"
 """
 
 
-@attrs.frozen
-class Echo:
-    peer: Peer
-    port: int
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Echo]:
-    root = tmp_path_factory.mktemp("http-echo")
-    peer = Peer("http-echo", [sys.executable, HERE / "http_echo.py"], root / "echo.log",
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        match = peer.wait_output(r"^listening on 127\.0\.0\.1:(\d+)$")
-    except PeerError:
-        peer.stop()
-        raise
-    yield Echo(peer, int(match.group(1)))
-    peer.stop()
-
-
 @pytest.fixture(scope="module")
 def access_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("http-access") / "access.log"
 
 
 @pytest.fixture(scope="module")
-def gatekeep(gatekeep_runner: GatekeepRunner, echo: Echo, access_log: Path) -> Gatekeep:
+def gatekeep(gatekeep_runner: GatekeepRunner, http_echo: HTTPEcho,
+             access_log: Path) -> Gatekeep:
     require("curl")
-    config = CONFIG.format(echo=echo.port, closed_port=free_port(), access_log=access_log)
+    config = CONFIG.format(echo=http_echo.port, closed_port=free_port(), access_log=access_log)
     return gatekeep_runner(config, ["edge"])
 
 

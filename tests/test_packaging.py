@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 MQTT_PLUGIN = EXAMPLES / "mqtt-detector"
+GEOIP_PLUGIN = EXAMPLES / "geoip-rule"
 BROKEN_PLUGIN = ROOT / "tests" / "fixtures" / "plugins" / "broken-detector"
 
 #: MQTT 3.1.1 CONNECT as mosquitto_pub sends it (-i gk-sensor-1, keep alive 60).
@@ -99,6 +100,8 @@ MODES: dict[str, tuple[tuple[str, ...], ...]] = {
     "editable": (("-e", str(ROOT)),),
     # The plugin with its test extra (pytest, hypothesis), to run its own tests.
     "with_mqtt": ((str(ROOT),), (f"{MQTT_PLUGIN}[test]",)),
+    # A third-party access rule kind, with its test extra.
+    "with_geoip": ((str(ROOT),), (f"{GEOIP_PLUGIN}[test]",)),
     "with_broken": ((str(ROOT),), (str(BROKEN_PLUGIN),)),
 }
 
@@ -144,6 +147,12 @@ def editable(venvs: dict[str, Future[Venv]]) -> Venv:
 def with_mqtt(venvs: dict[str, Future[Venv]]) -> Venv:
     """gatekeep, then ``pip install 'examples/mqtt-detector[test]'``"""
     return venvs["with_mqtt"].result()
+
+
+@pytest.fixture(scope="module")
+def with_geoip(venvs: dict[str, Future[Venv]]) -> Venv:
+    """gatekeep, then ``pip install 'examples/geoip-rule[test]'``"""
+    return venvs["with_geoip"].result()
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +268,33 @@ def test_mqtt_plugin_own_tests(with_mqtt: Venv) -> None:
     # -o pythonpath= : import the installed module, not the one beside the tests.
     result = with_mqtt.run("python", "-m", "pytest", "-q", "-o", "pythonpath=",
                            str(MQTT_PLUGIN / "tests"), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\d+ passed", result.stdout)
+
+
+# A third-party access rule: the example GeoIP-style plugin.
+
+
+def test_geoip_plugin_check(with_geoip: Venv) -> None:
+    config = with_geoip.work / "geoip.toml"
+    config.write_text((GEOIP_PLUGIN / "geoip.toml").read_text().replace(
+        "examples/geoip-rule/countries.csv", str(GEOIP_PLUGIN / "countries.csv")))
+    result = with_geoip.run("gatekeep", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" not in result.stdout
+    assert re.search(r"access europe: countries \(5 networks from .*countries\.csv\): "
+                     r"allow DE,FR; otherwise deny", result.stdout), result.stdout
+    explained = with_geoip.run("gatekeep", "explain", str(config), "--listener", "public",
+                               "--client", "203.0.113.9", "hex:474554202f20")
+    assert explained.returncode == 0, explained.stderr
+    assert "client 203.0.113.9:0: refused on accept by access rule europe" in explained.stdout
+
+
+def test_geoip_plugin_own_tests(with_geoip: Venv) -> None:
+    where = with_geoip.python("import gatekeep_geoip; print(gatekeep_geoip.__file__)").strip()
+    assert Path(where).is_relative_to(with_geoip.path), where
+    result = with_geoip.run("python", "-m", "pytest", "-q", "-o", "pythonpath=",
+                            str(GEOIP_PLUGIN / "tests"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\d+ passed", result.stdout)
 

@@ -7,6 +7,12 @@ other and gatekeep never buffers more than a transport's write buffer per
 direction. Half-close is relayed faithfully (a FIN from one side becomes a
 ``shutdown(SHUT_WR)`` towards the other once everything before it was written),
 which ``twisted.protocols.portforward`` does not do.
+
+On Linux, a relay between two plain sockets moves its bytes kernel-side instead
+(:mod:`gatekeep.splice`), with the same semantics. A shaped relay (``shaping``) and
+one whose :attr:`Relay.fast` is False stay on this user-space path. Both paths keep
+the record's byte counts current and call :attr:`Relay.activity` (if set) whenever
+bytes move, which is what an idle timeout needs.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep import splice
 from gatekeep.shapers.shaping import Shaping
 from gatekeep.values import ConnectionRecord
 
@@ -45,14 +52,24 @@ class Relay:
     EOF again, or keep a half-closed write side from ever finishing.
     """
 
+    __slots__ = ("activity", "backend", "backend_eof", "backend_gone", "client", "client_eof",
+                 "client_gone", "fast", "reactor", "record", "shaping", "splicer")
+
     def __init__(self, client: ITransport, record: ConnectionRecord,
-                 shaping: Shaping | None = None) -> None:
+                 shaping: Shaping | None = None, reactor: Any = None,
+                 fast: bool = False) -> None:
         self.client: Any = client
         self.backend: Any = None
         self.record = record
         #: A ``[shaper.X]`` paces this connection: it must stay on this user-space
         #: path (the relay tells it every byte it passes on).
         self.shaping = shaping
+        self.reactor = reactor
+        #: May use the splice fast path once joined (if both sockets allow it).
+        self.fast = fast
+        #: Called with no arguments whenever bytes move either way (e.g. an idle timer).
+        self.activity: Callable[[], None] | None = None
+        self.splicer: splice.Splicer | None = None
         self.client_eof = False
         self.backend_eof = False
         self.client_gone = False
@@ -63,6 +80,12 @@ class Relay:
         self.backend = backend
         if self.client_gone:
             backend.loseConnection()
+            return
+        if (self.fast and self.shaping is None and self.reactor is not None
+                and splice.enabled() and splice.usable(self.client)
+                and splice.usable(backend)):
+            self.splicer = splice.Splicer(self, self.reactor, pending, self.activity)
+            self.splicer.start()
             return
         if pending:
             backend.writeSequence(pending)
@@ -85,12 +108,22 @@ class Relay:
         self.backend.write(data)
         if self.shaping is not None:
             self.shaping.passed("in", len(data))
+        if self.activity is not None:
+            self.activity()
 
     def from_backend(self, data: bytes) -> None:
         self.record.bytes_out += len(data)
         self.client.write(data)
         if self.shaping is not None:
             self.shaping.passed("out", len(data))
+        if self.activity is not None:
+            self.activity()
+
+    def spliced_done(self) -> None:
+        """The fast path relayed both directions to their end (and gave the sockets back)."""
+        self.record.close("done")
+        self.client.loseConnection()
+        self.backend.loseConnection()
 
     def client_read_done(self) -> None:
         self.client_eof = True
@@ -121,6 +154,8 @@ class Relay:
 
     def client_lost(self, reason: Failure) -> None:
         self.client_gone = True
+        if self.splicer is not None:
+            self.splicer.abandon()
         if self.backend is not None and not self.backend_gone:
             self.record.close("client closed" if self.client_eof else "client reset")
             self.backend.unregisterProducer()
@@ -128,6 +163,8 @@ class Relay:
 
     def backend_lost(self, reason: Failure) -> None:
         self.backend_gone = True
+        if self.splicer is not None:
+            self.splicer.abandon()
         if not self.client_gone:
             clean = self.backend_eof or _ended_cleanly(reason)
             self.record.close("backend closed" if clean else "backend reset")

@@ -32,7 +32,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
-from gatekeep import __version__, metrics, systemd
+from gatekeep import __version__, metrics, splice, systemd
 from gatekeep.acceptguard import AcceptGuard, guard_port
 from gatekeep.addresses import format_address
 from gatekeep.cli import describe_match
@@ -193,6 +193,7 @@ class GatekeepService(MultiService):
         self._previous_handler: Any = None
         for warning in config.warnings:
             log.warn("config: {warning}", warning=warning)
+        splice.configure(config.settings.splice)
         for listener in config.listeners:
             self._listener_service(listener, config).setServiceParent(self)
         if config.admin is not None:
@@ -370,6 +371,7 @@ class GatekeepService(MultiService):
         # Nothing below can fail: the switch is all or nothing.
         for warning in config.warnings:
             log.warn("config: {warning}", warning=warning)
+        splice.configure(config.settings.splice)
         for service, listener in keep:
             service.update(listener, self._runtime(listener, config))
         for service in old.values():

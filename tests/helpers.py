@@ -155,6 +155,7 @@ def start_gatekeep(testcase: Any, config_text: str) -> dict[str, int]:
     service = GatekeepService(load_config(config_text, registry), registry, reactor)
     service.startService()
     testcase.addCleanup(service.stopService)
+    testcase.gatekeep = service
     ports = {}
     for child in service:
         if isinstance(child, ListenerService) and child.port is not None:

@@ -51,10 +51,11 @@ def _canonical_name(text: str) -> str | None:
     except ValueError:
         return normalise_host(text.rstrip(".")) if text else None
 
-_TOP_KEYS = ["listener", "service", "http", "admin", "access", "shaper", "drain_timeout"]
+_TOP_KEYS = ["listener", "service", "http", "admin", "access", "shaper", "drain_timeout",
+             "splice"]
 #: Actions built in the loader itself: their value names another table.
 _TABLE_ACTIONS = ("http",)
-_GLOBAL_KEYS = ["drain_timeout"]
+_GLOBAL_KEYS = ["drain_timeout", "splice"]
 _SERVICE_KEYS = ["default", "route"]
 
 

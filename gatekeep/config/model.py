@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from gatekeep.config.endpoints import server_endpoint_problem
-from gatekeep.config.schema import setting
+from gatekeep.config.schema import expect, setting
 from gatekeep.config.tor import TorSettings
 from gatekeep.config.units import parse_duration, parse_rate
 from gatekeep.preamble import ProxyMode
@@ -250,6 +250,17 @@ class GlobalSettings:
         default=30.0,
         parse=_positive_duration,
         shown='"30s"',
+    )
+    splice: bool = setting(
+        "On Linux, `forward` routes between plain sockets (`tcp:`, `unix:` backends; not "
+        "TLS-terminated or shaped streams) relay kernel-side with `splice(2)` once "
+        "detection is done: same bytes, half-close, flow control and byte counts as the "
+        "portable relay, less CPU. `false` keeps every relay in user space (so does "
+        "`GATEKEEP_SPLICE=0` in the environment). Applies to connections routed after a "
+        "reload.",
+        default=True,
+        parse=expect(bool, "true or false"),
+        shown="`true`",
     )
 
 

@@ -42,6 +42,10 @@ __all__ = ["ForwardTarget"]
 
 log = Logger()
 
+# Endpoint kinds whose connections are plain sockets, which the relay may splice;
+# tls:, tor: and plugins' endpoints wrap theirs and keep the portable relay.
+_PLAIN_KINDS = frozenset({"tcp", "tcp6", "unix"})
+
 
 def _proxy_version(value: object) -> int:
     if value == "v1":
@@ -140,6 +144,11 @@ class ForwardTarget:
                 else clientFromString(reactor, self.to))
         return endpoint
 
+    @property
+    def _plain_socket(self) -> bool:
+        """Whether the backend connection is a bare socket (tcp:, tcp6:, unix:)."""
+        return self.transparent or self.to.split(":", 1)[0].strip().lower() in _PLAIN_KINDS
+
     def __attrs_post_init__(self) -> None:
         if self.proxy_tlvs and self.proxy_protocol != 2:
             raise ValueError('impossible combination: proxy_tlvs needs proxy_protocol = "v2"')
@@ -161,7 +170,7 @@ class ForwardTarget:
             preamble = outgoing_header(inbound, self.proxy_protocol, self.proxy_tlvs)
         endpoint = self._transparent(inbound) if self.transparent \
             else self.endpoint(inbound.reactor)
-        return ClientSide(inbound, endpoint, preamble)
+        return ClientSide(inbound, endpoint, preamble, fast=self._plain_socket)
 
     def describe(self) -> str:
         extra = f" with PROXY v{self.proxy_protocol}" if self.proxy_protocol else ""
@@ -180,8 +189,11 @@ class ClientSide(Protocol):
 
     def __init__(
         self, inbound: Inbound, endpoint: IStreamClientEndpoint, preamble: bytes = b"",
+        fast: bool = False,
     ) -> None:
         self.inbound = inbound
+        #: The backend is a plain socket endpoint: the relay may splice (Linux).
+        self.fast = fast
         self.endpoint = endpoint
         #: Written to the backend before anything else (a PROXY header).
         self.preamble = preamble
@@ -196,7 +208,8 @@ class ClientSide(Protocol):
         transport = self.transport
         assert transport is not None
         transport.pauseProducing()  # type: ignore[attr-defined]
-        self.relay = relay = Relay(transport, self.inbound.record, self.inbound.shaping)
+        self.relay = relay = Relay(transport, self.inbound.record, self.inbound.shaping,
+                                   self.inbound.reactor, fast=self.fast)
         self._started = self.inbound.reactor.seconds()
         factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
         factory.noisy = False

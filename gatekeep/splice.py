@@ -171,6 +171,25 @@ class _End:
         self.splicer.lost(self, reason)
 
 
+_CLOSERS = ("loseConnection", "abortConnection")
+
+
+class _Closer:
+    """Stands in for a spliced transport's close method: give the socket back, then close."""
+
+    __slots__ = ("name", "splicer", "transport")
+
+    def __init__(self, splicer: Splicer, transport: Any, name: str) -> None:
+        self.splicer = splicer
+        self.transport = transport
+        self.name = name
+
+    def __call__(self, *args: Any) -> Any:
+        self.splicer.abandon()
+        self.transport.__dict__.pop(self.name, None)
+        return getattr(self.transport, self.name)(*args)
+
+
 class Splicer:
     """Relays one joined connection with splice(2); see the module docstring."""
 
@@ -207,8 +226,14 @@ class Splicer:
     def start(self) -> None:
         """Take both sockets from their transports and start relaying."""
         for end in (self.client, self.backend):
-            end.transport.stopReading()
-            end.transport.stopWriting()
+            transport = end.transport
+            transport.stopReading()
+            transport.stopWriting()
+            # Whoever closes a spliced transport (a timeout, the drain at stop, the
+            # relay itself) goes through the splicer first, so that the reactor stops
+            # watching this end before the transport watches its descriptor again.
+            for name in _CLOSERS:
+                setattr(transport, name, _Closer(self, transport, name))
         # The backend joins from inside its transport's connect event, which goes on
         # (a zero-byte send) after this returns: writing, shutting down or failing the
         # socket must wait for the next turn of the reactor.
@@ -248,8 +273,13 @@ class Splicer:
     def _release(self) -> None:
         """Stop watching both sockets and give the pipes back; the transports take over."""
         self.finished = True
+        if self.starting is not None:
+            self.starting.cancel()
+            self.starting = None
         for end in (self.client, self.backend):
             self._forget(end)
+            for name in _CLOSERS:
+                end.transport.__dict__.pop(name, None)
         for flow in (self.c2b, self.b2c):
             if flow.pipe is not None:
                 if flow.queued:
@@ -269,9 +299,6 @@ class Splicer:
 
     def abandon(self) -> None:
         """The relay is ending for another reason (a transport was closed): stop."""
-        if self.starting is not None:
-            self.starting.cancel()
-            self.starting = None
         if not self.finished:
             self._release()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gatekeep import splice
@@ -187,6 +187,49 @@ class _RelayMatrix:
 
     def test_client_resets(self) -> Any:
         return self._reset("client")
+
+    @defer.inlineCallbacks
+    def test_idle_timeout_closes_a_quiet_relay(self) -> Any:
+        """Idleness is read from the byte counts, which both paths keep current."""
+        test: Any = self
+        echoed: defer.Deferred[None] = defer.Deferred()
+        lost: defer.Deferred[None] = defer.Deferred()
+
+        class Echo(protocol.Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(data)
+
+        class Client(protocol.Protocol):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"hello")
+
+            def dataReceived(self, data: bytes) -> None:
+                if not echoed.called:
+                    echoed.callback(None)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                lost.callback(None)
+
+        backend = yield endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(protocol.Factory.forProtocol(Echo))
+        self.addCleanup(backend.stopListening)  # type: ignore[attr-defined]
+        config = self._config(backend.getHost().port).replace(
+            'service = "svc"', 'service = "svc"\nidle_timeout = "300ms"')
+        ports = start_gatekeep(self, config)
+        with captured_log("gatekeep.connection") as events:
+            yield endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", ports["relay"]).connect(
+                protocol.Factory.forProtocol(Client))
+            yield echoed
+            yield lost
+            while not events:
+                yield task.deferLater(reactor, 0.01, lambda: None)
+        [event] = events
+        test.assertEqual(event["close_reason"], "idle_timeout (300ms) passed")
+        test.assertEqual((event["bytes_in"], event["bytes_out"]), (5, 5))
+        [relay] = self.relays
+        self._check_path(relay)
 
     @defer.inlineCallbacks
     def test_slow_reader_bounds_buffering(self) -> Any:

@@ -81,8 +81,8 @@ def prosody_http(tmp_path_factory: pytest.TempPathFactory,
     settings = _HTTP_SETTINGS.format(http=http, modules=_lua(MODULES))
     template = _PROSODY_CFG.replace(
         'modules_enabled = {{\n    "roster";',
-        settings.replace("{", "{{").replace("}", "}}") + 'modules_enabled = {{\n    "bosh"; "websocket"; '
-        '"gk_sessionip"; "roster";')
+        settings.replace("{", "{{").replace("}", "}}")
+        + 'modules_enabled = {{\n    "bosh"; "websocket"; "gk_sessionip"; "roster";')
     assert '"bosh"' in template
     root = tmp_path_factory.mktemp("prosody-http")
     started = start_prosody(root, certificate, template)

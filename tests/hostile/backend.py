@@ -1,7 +1,7 @@
 """
 A scripted backend for the hostile suite, run as its own process (asyncio)::
 
-    python -m tests.hostile.backend [--nofile N] [--unix PATH] [--proxy]
+    python -m tests.hostile.backend [--nofile N] [--unix PATH] [--proxy] [--echo]
 
 It listens on 127.0.0.1 (a free port), or on a UNIX socket, prints ``PORT <n>`` (0
 for a UNIX socket) and then, per connection, reads a PROXY header first with
@@ -20,6 +20,11 @@ and acts on it, printing one result line per connection that checks anything
     Send ``n`` bytes, then reset the connection (SO_LINGER 0).
 ``SILENT``
     Read and discard forever: never answers, never closes.
+``GET ...`` (an HTTP/1 request head)
+    Answer ``200`` with the body ``ok`` and close.
+
+With ``--echo`` every connection is echoed from its first byte (no command line): the
+backend behind TLS passthrough, XMPP and HTTP routes in the load tests.
 
 Payloads are :func:`payload` (seeded pseudo-random bytes), so both ends know them.
 """
@@ -123,6 +128,16 @@ async def proxy_header(reader: asyncio.StreamReader) -> str | None:
         data += byte
 
 
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(1 << 18):
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+    except (ConnectionError, OSError) as error:
+        report(f"ERROR {error!r}")
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         if PROXY:
@@ -137,14 +152,17 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             return
         command, args = line[0], line[1:]
         if command == "ECHO":
-            while chunk := await reader.read(1 << 18):
-                writer.write(chunk)
-                await writer.drain()
-            writer.close()
+            await echo(reader, writer)
         elif command == "HALF":
             await half(reader, writer, args)
         elif command == "DIE":
             await die(writer, int(args[0]))
+        elif command == "GET":
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
         elif command == "SILENT":
             while await reader.read(1 << 16):
                 pass
@@ -161,6 +179,7 @@ PROXY = False
 async def main(argv: list[str]) -> None:
     global PROXY
     unix = None
+    handler = handle
     while argv:
         option = argv.pop(0)
         if option == "--nofile":
@@ -170,11 +189,13 @@ async def main(argv: list[str]) -> None:
             unix = argv.pop(0)
         elif option == "--proxy":
             PROXY = True
+        elif option == "--echo":
+            handler = echo
     if unix is not None:
-        server = await asyncio.start_unix_server(handle, unix, backlog=4096)
+        server = await asyncio.start_unix_server(handler, unix, backlog=4096)
         report("PORT 0")
     else:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)
         report(f"PORT {server.sockets[0].getsockname()[1]}")
     async with server:
         await server.serve_forever()

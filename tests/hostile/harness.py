@@ -99,6 +99,7 @@ class Backend:
 
 def start_backend(
     workdir: Path, nofile: int | None = None, unix: Path | None = None, proxy: bool = False,
+    echo: bool = False,
 ) -> Backend:
     """The scripted backend on a free TCP port, or on the UNIX socket ``unix``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,8 @@ def start_backend(
         argv += ["--unix", str(unix)]
     if proxy:
         argv.append("--proxy")
+    if echo:
+        argv.append("--echo")
     peer = Peer("backend", argv, workdir / "backend.log", cwd=ROOT)
     try:
         found = peer.wait_output(r"^PORT (\d+)$")

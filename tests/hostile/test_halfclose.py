@@ -4,8 +4,10 @@ once), on every relay path on main, byte-exact.
 
 The client sends a command line that the scripted backend (:mod:`tests.hostile.backend`)
 obeys, so both ends know what to send, when to shut down their write side and what
-they must receive. Paths: a TCP backend, a UNIX socket backend, and a TCP backend
-behind a PROXY v2 header (the header is written before the replayed bytes).
+they must receive. Paths: a TCP backend relayed by splice(2) (the default on Linux)
+and by the portable user-space relay (``splice = false``), a UNIX socket backend, a
+TCP backend behind a PROXY v2 header (written before the replayed bytes), and a
+shaped relay (token buckets pausing the sender).
 """
 
 from __future__ import annotations
@@ -27,16 +29,29 @@ SIZES = (0, 1, 65536 + 7, MiB, 10 * MiB)
 ORDERS = ("client", "backend", "both")
 
 CONFIG = """
+{top}
 [[listener]]
 name = "plain"
 endpoint = "tcp:0:interface=127.0.0.1"
 service = "plain"
+{listener}
 
 [service.plain]
 [[service.plain.route]]
 name = "all"
 forward = {{ to = "{to}"{extra} }}
+{tables}
 """
+
+#: path -> (top-level keys, listener keys, extra tables)
+PATHS = {
+    "tcp": ("", "", ""),  # the splice fast path where the kernel has it
+    "tcp-portable": ("splice = false", "", ""),
+    "unix": ("", "", ""),
+    "tcp+proxy-v2": ("", "", ""),
+    "shaped": ("", 'shaper = "fast"',
+               '[shaper.fast]\nrate = "400MiB/s"\nburst = "8MiB"\nscope = "connection"'),
+}
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:
@@ -96,7 +111,7 @@ async def run_matrix(port: int, cases: list[tuple[int, int, str]]) -> list[str]:
 CASES = [(c, b, o) for o, (c, b) in itertools.product(ORDERS, itertools.product(SIZES, SIZES))]
 
 
-@pytest.mark.parametrize("path", ["tcp", "unix", "tcp+proxy-v2"])
+@pytest.mark.parametrize("path", sorted(PATHS))
 def test_half_close_matrix(tmp_path: Path, path: str) -> None:
     sock = tmp_path / "backend.sock"
     backend = start_backend(tmp_path / "backend", unix=sock if path == "unix" else None,
@@ -104,7 +119,9 @@ def test_half_close_matrix(tmp_path: Path, path: str) -> None:
     try:
         to = f"unix:{sock}" if path == "unix" else f"tcp:127.0.0.1:{backend.port}"
         extra = ', proxy_protocol = "v2"' if path == "tcp+proxy-v2" else ""
-        gatekeep = start_gatekeep(tmp_path / "gk", CONFIG.format(to=to, extra=extra), ["plain"])
+        top, listener, tables = PATHS[path]
+        config = CONFIG.format(to=to, extra=extra, top=top, listener=listener, tables=tables)
+        gatekeep = start_gatekeep(tmp_path / "gk", config, ["plain"])
         try:
             started = time.monotonic()
             problems = asyncio.run(run_matrix(gatekeep.port("plain"), CASES))

@@ -95,6 +95,7 @@ class Exchange:
         self._upstream_started: float | None = None
         self._upstream_time: float | None = None
         self._connecting: Any = None
+        self._reused = False
         self._timer: IDelayedCall | None = None
 
     # ------------------------------------------------------------ deciding
@@ -128,10 +129,15 @@ class Exchange:
         self._upstream_started = self.reactor.seconds()
         upstream = self.downstream.pool.take(route.to)
         if upstream is not None:
-            self._use(upstream)
+            self._use(upstream, reused=True)
             return
-        endpoint = self.target.endpoint(self.reactor, route.to)
-        factory = Factory.forProtocol(lambda: Upstream(route.to or ""))
+        self._connect(route.to)
+
+    def _connect(self, to: str) -> None:
+        site, route = self.site, self.route
+        assert route is not None
+        endpoint = self.target.endpoint(self.reactor, to)
+        factory = Factory.forProtocol(lambda: Upstream(to))
         factory.noisy = False
         self._connecting = connecting = endpoint.connect(factory)
         self._timer = self.reactor.callLater(site.connect_timeout, self._connect_timed_out)
@@ -174,9 +180,10 @@ class Exchange:
                  to=self.route.to if self.route else "-", why=why)
         self.simple(502, simple_body(502, "the backend is unreachable"), _TEXT, close=True)
 
-    def _use(self, upstream: Upstream) -> None:
+    def _use(self, upstream: Upstream, reused: bool = False) -> None:
         head, route = self.head, self.route
         assert route is not None
+        self._reused = reused
         self.upstream = upstream
         upstream.listener = self
         upstream.on_lost = self._upstream_lost
@@ -293,6 +300,20 @@ class Exchange:
 
     def upstream_failed(self, why: str) -> None:
         if self.finished:
+            return
+        if self._reused and not self.response_started and not self.head.has_body:
+            # An idle keep-alive connection the backend closed as we reused it: the
+            # request (which has no body to replay) goes once more on a new connection.
+            self._reused = False
+            upstream, self.upstream = self.upstream, None
+            if upstream is not None:
+                self.downstream.detach_upstream(upstream)
+                upstream.listener = None
+                upstream.on_lost = None
+                upstream.abort()
+            route = self.route
+            assert route is not None and route.to is not None
+            self._connect(route.to)
             return
         self._release_upstream(reuse=False)
         if self.response_started:

@@ -10,6 +10,7 @@ replace them, so a client can never choose the address a backend records
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final
 
@@ -69,9 +70,14 @@ def is_health(site: HTTPSite, head: RequestHead) -> bool:
 def client_ip(address: Any) -> str | None:
     """The client's IP as text (IPv4-mapped IPv6 as IPv4), or None (UNIX sockets...)."""
     if isinstance(address, IPv4Address | IPv6Address):
-        ip = plain_ip(address.host)
-        return None if ip is None else str(ip)
+        return _ip_text(address.host)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(host: str) -> str | None:
+    ip = plain_ip(host)
+    return None if ip is None else str(ip)
 
 
 def _forwarded_node(ip: str | None) -> str:
@@ -96,7 +102,7 @@ def request_fields(
     The header fields for the backend: the client's, minus hop-by-hop ones, with
     Host (kept or ``host_header``) and the forwarding fields.
     """
-    trusted = site.policy().trusts(client)
+    trusted = bool(site.trusted_proxies) and site.policy.trusts(client)
     listed = head.tokens(b"connection") - {b"close", b"keep-alive", b"upgrade"}
     out: list[tuple[bytes, bytes]] = []
     previous: dict[bytes, list[bytes]] = {}

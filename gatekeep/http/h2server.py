@@ -25,7 +25,7 @@ from gatekeep.detectors.http import parse_authority
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.server import is_tls
-from gatekeep.http.upstream import Gate, Pool, Upstream
+from gatekeep.http.upstream import Gate, Upstream
 
 if TYPE_CHECKING:
     from gatekeep.targets.http import HTTPTarget
@@ -252,7 +252,7 @@ class H2Connection(Protocol):
         self.target = target
         self.inbound = inbound
         self.scheme = "https"
-        self.pool = Pool()
+        self.pool = target.pool(inbound.reactor)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
         self.streams: dict[int, H2Stream] = {}
@@ -359,7 +359,6 @@ class H2Connection(Protocol):
         if self._closing:
             return
         self._closing = True
-        self.pool.close()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -369,4 +368,3 @@ class H2Connection(Protocol):
             stream.closed = True
             stream.exchange.client_gone()
         self.streams.clear()
-        self.pool.close()

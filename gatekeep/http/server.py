@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
-from gatekeep.http.upstream import Gate, Pool, Upstream
+from gatekeep.http.upstream import Gate, Upstream
 from gatekeep.http.wire import reason_of, response_head, simple_body
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class HTTP1Connection(Protocol):
         self.target = target
         self.inbound = inbound
         self.scheme = "http"
-        self.pool = Pool()
+        self.pool = target.pool(inbound.reactor)
         self.reader = RequestReader()
         self.exchange: Exchange | None = None
         self.head: RequestHead | None = None
@@ -286,7 +286,6 @@ class HTTP1Connection(Protocol):
         if self._closing:
             return
         self._closing = True
-        self.pool.close()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -311,4 +310,3 @@ class HTTP1Connection(Protocol):
         if self.tunnel is not None:
             self.tunnel.on_lost = None
             self.tunnel.close()
-        self.pool.close()

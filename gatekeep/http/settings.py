@@ -232,9 +232,12 @@ class HTTPSite:
         "address is the real one (after a PROXY header).", default=None,
         parse=_log_path, shown="none")
     routes: tuple[HTTPRoute, ...] = attrs.field(default=(), kw_only=True)
+    #: ``trusted_proxies`` parsed once (asked on every request).
+    policy: ProxyPolicy = attrs.field(init=False, eq=False, repr=False)
 
-    def policy(self) -> ProxyPolicy:
-        return ProxyPolicy.from_settings("off", self.trusted_proxies)
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "policy",
+                           ProxyPolicy.from_settings("off", self.trusted_proxies))
 
 
 def _route(table: object, path: str, errors: list[ConfigError]) -> HTTPRoute | None:

@@ -141,9 +141,15 @@ class Upstream(Protocol):
 
 
 class Pool:
-    """Idle backend connections of one client connection, by endpoint string."""
+    """
+    Idle keep-alive backend connections by endpoint string, shared by a site's clients.
 
-    def __init__(self) -> None:
+    At most ``max_idle`` wait per backend (more are closed); one the backend closed
+    while idle is dropped when found.
+    """
+
+    def __init__(self, max_idle: int = 64) -> None:
+        self.max_idle = max_idle
         self.idle: dict[str, list[Upstream]] = {}
 
     def take(self, to: str) -> Upstream | None:
@@ -155,10 +161,11 @@ class Pool:
         return None
 
     def put(self, upstream: Upstream) -> None:
-        if upstream.recycle():
+        idle = self.idle.setdefault(upstream.to, [])
+        if len(idle) < self.max_idle and upstream.recycle():
             upstream.listener = None
             upstream.on_lost = None
-            self.idle.setdefault(upstream.to, []).append(upstream)
+            idle.append(upstream)
         else:
             upstream.close()
 

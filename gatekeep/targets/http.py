@@ -21,6 +21,7 @@ from gatekeep.detectors.http import H2_PREFACE
 from gatekeep.http.accesslog import AccessLog
 from gatekeep.http.server import HTTP1Connection
 from gatekeep.http.settings import HTTPSite
+from gatekeep.http.upstream import Pool
 from gatekeep.interfaces import ITarget
 from gatekeep.values import Inbound
 
@@ -52,6 +53,8 @@ class HTTPTarget:
     access_log: AccessLog | None = attrs.field(default=None)
     _endpoints: weakref.WeakKeyDictionary[Any, dict[str, IStreamClientEndpoint]] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    _pools: weakref.WeakKeyDictionary[Any, Pool] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.access_log is None and self.site.access_log is not None:
@@ -64,6 +67,13 @@ class HTTPTarget:
         if endpoint is None:
             endpoint = known[to] = clientFromString(reactor, to)
         return endpoint
+
+    def pool(self, reactor: Any) -> Pool:
+        """Idle keep-alive backend connections, shared by the site's client connections."""
+        pool = self._pools.get(reactor)
+        if pool is None:
+            pool = self._pools[reactor] = Pool()
+        return pool
 
     def attach(self, inbound: Inbound) -> Protocol:
         inbound.record.backend = f"http:{self.site.name}"

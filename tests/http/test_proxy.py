@@ -309,3 +309,44 @@ class FlowControl(SynchronousTestCase):
         h.backend()
         protocol.dataReceived(request * 3000)
         self.assertEqual(client.producerState, "paused")
+
+
+class Pooling(SynchronousTestCase):
+    def test_backend_connections_are_shared_by_client_connections(self) -> None:
+        h = Harness(SITE)
+        request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
+        _p1, first = h.connect(request)
+        backend, transport = h.backend()
+        backend.dataReceived(OK_EMPTY)
+        self.assertEqual(first.value(), OK_EMPTY)
+        transport.clear()
+        _p2, second = h.connect(request)
+        self.assertEqual(len(h.reactor.tcpClients), 1)  # reused, no new connection
+        self.assertTrue(transport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        backend.dataReceived(OK_EMPTY)
+        self.assertEqual(second.value(), OK_EMPTY)
+
+    def test_a_reused_connection_closed_by_the_backend_is_retried_once(self) -> None:
+        h = Harness(SITE)
+        request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
+        _p1, _first = h.connect(request)
+        backend, _transport = h.backend()
+        backend.dataReceived(OK_EMPTY)
+        _p2, second = h.connect(request)
+        backend.connectionLost(Failure(connectionDone.value))  # its idle timeout, say
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        fresh, fresh_transport = h.backend()
+        self.assertTrue(fresh_transport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        fresh.dataReceived(OK_EMPTY)
+        self.assertEqual(second.value(), OK_EMPTY)
+
+    def test_a_request_with_a_body_is_not_retried(self) -> None:
+        h = Harness(SITE)
+        _p1, _first = h.connect(b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, _transport = h.backend()
+        backend.dataReceived(OK_EMPTY)
+        _p2, second = h.connect(b"POST / HTTP/1.1\r\nHost: www.example.org\r\n"
+                                b"Content-Length: 2\r\n\r\nhi")
+        backend.connectionLost(Failure(connectionDone.value))
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        self.assertTrue(second.value().startswith(b"HTTP/1.1 502 "))

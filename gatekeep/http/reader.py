@@ -16,12 +16,13 @@ Events, from :meth:`RequestReader.next_event`: a :class:`RequestHead`, body byte
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
 import attrs
 
-from gatekeep.detectors.http import parse_authority
+from gatekeep.detectors.http import parse_authority as _parse_authority
 
 __all__ = ["END", "NEED_DATA", "PAUSED", "BadRequest", "RequestHead", "RequestReader"]
 
@@ -39,6 +40,10 @@ _CHUNK_SIZE = re.compile(
     rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t \x21\x23-\x5b\x5d-\x7e]"
     rb"|\\[\t \x21-\x7e])*\"))?)*)")
+
+
+#: A keep-alive client names the same host in every request: parse it once.
+parse_authority = functools.lru_cache(maxsize=1024)(_parse_authority)
 
 
 class _Marker:

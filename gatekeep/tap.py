@@ -16,7 +16,10 @@ from gatekeep.config.errors import ConfigErrors
 from gatekeep.config.model import Config
 from gatekeep.registry import Registry
 
-__all__ = ["Options", "load", "makeService"]
+__all__ = ["Options", "load", "makeService", "raise_fd_limit"]
+
+#: The most file descriptors gatekeep asks for, even when the hard limit is higher.
+FD_CEILING = 1 << 20
 
 
 class Options(usage.Options):
@@ -56,6 +59,27 @@ def _log_observer(options: Any) -> Any:
     return observer_for("json", parent.get("logfile"), bool(parent.get("nodaemon")))
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """
+    Raise the soft open-file limit to the hard one (at most :data:`FD_CEILING`).
+
+    Every relayed connection costs two descriptors, and a distribution's default
+    soft limit (often 1024) would refuse connections long before ``max_connections``.
+    Returns the limit before and after.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, FD_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def makeService(options: Any) -> Any:
     from twisted.internet import reactor
 
@@ -67,6 +91,12 @@ def makeService(options: Any) -> Any:
         # A bad config is the user's everyday mistake: show every error, no traceback.
         print(errors.render(), file=sys.stderr)
         raise SystemExit(1) from None
+    before, after = raise_fd_limit()
+    if after != before:
+        from twisted.logger import Logger
+
+        Logger().info("open-file limit raised from {before} to {after}", before=before,
+                      after=after)
     # SIGHUP re-reads the same file (or re-renders the demo) with the same plugins.
     return GatekeepService(config, registry, reactor, loader=lambda: load(options, registry)[0],
                            handle_signals=True, log_observer=_log_observer(options))

@@ -186,3 +186,4 @@ def test_record_deadline_ignores_unknown_transports() -> None:
     Timeouts(TimerWheel(clock), 1.0, None).start(record, plain)
     clock.advance(1.0)
     assert plain.closed
+

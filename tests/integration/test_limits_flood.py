@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import GatekeepRunner
-from tests.integration.process import free_port
+from tests.integration.peers import ConnectionLine
+from tests.integration.process import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -241,7 +242,13 @@ def test_slowloris_closed_by_the_detect_timeout(gatekeep_runner: GatekeepRunner)
     assert closed_after[-1] <= timeout + 2.0  # as the clients saw it
     # Bounded: a silent connection costs gatekeep a few KiB, not its buffers' worth.
     assert report["per_connection_bytes"] < 16 * 1024
-    lines = [c for c in gatekeep.connections() if c.listener == "slow"]
+
+    def logged() -> list[ConnectionLine]:
+        return [c for c in gatekeep.connections() if c.listener == "slow"]
+
+    # The log reaches us through a pipe, a little after the clients saw the closes.
+    wait_until(lambda: len(logged()) >= SLOWLORIS, 10, "a line per connection", gatekeep.proc)
+    lines = logged()
     assert len(lines) == SLOWLORIS
     assert {c.close for c in lines} == {"no route (detect_timeout passed)"}
     # Each closed by its own deadline (from accept, as gatekeep logs it): not before

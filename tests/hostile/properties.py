@@ -30,13 +30,16 @@ F = TypeVar("F", bound=Callable[..., None])
 _HEALTH = list(HealthCheck)
 
 
-def fast_and_full(*strategies: Any) -> Callable[[F], tuple[F, F]]:
-    """One property, two tests: a quick one always, the full count under ``-m slow``."""
+def fast_and_full(*strategies: Any, share: int = 1) -> Callable[[F], tuple[F, F]]:
+    """
+    One property, two tests: a quick one always, the full count under ``-m slow``
+    (divided by ``share`` when several tests share one count).
+    """
 
     def make(body: F) -> tuple[F, F]:
         fast = settings(max_examples=FAST_EXAMPLES, deadline=None,
                         suppress_health_check=_HEALTH)(given(*strategies)(body))
-        full = settings(max_examples=FULL_EXAMPLES, deadline=None,
+        full = settings(max_examples=-(-FULL_EXAMPLES // share), deadline=None,
                         suppress_health_check=_HEALTH)(given(*strategies)(body))
         return fast, pytest.mark.slow(full)
 

@@ -6,9 +6,11 @@ health routes, streamed bodies, 502/504, smuggling refused, the access log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,37 @@ def test_access_log(gatekeep: Gatekeep, access_log: Path) -> None:
                          r'"GET /logged\?x=1 HTTP/1\.1" 200 \d+ "https://ref\.example/" '
                          r'"tester/1\.0" \d+\.\d{3}$', re.MULTILINE)
     wait_until(lambda: bool(line_re.search(access_log.read_text())), 5, "the access log line")
+
+
+def proc_wait(proc: subprocess.Popen[bytes], seconds: float) -> None:
+    """Wait for ``proc`` to exit, at most ``seconds`` (a sampling period, not a sync)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(seconds)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_client_download_keeps_memory_bounded(gatekeep: Gatekeep, tmp_path: Path) -> None:
+    """64 MiB to a client reading at 16 MiB/s: gatekeep holds a window, not the body."""
+    port = gatekeep.port("edge")
+    size = 64 * 1024 * 1024
+    before = _rss_kib(gatekeep.pid)
+    peak = before
+    out = tmp_path / "slow.bin"
+    proc = subprocess.Popen(["curl", "-sS", "--limit-rate", "16M", "-o", str(out),
+                             f"http://127.0.0.1:{port}/bytes/{size}"])
+    try:
+        while proc.poll() is None:
+            peak = max(peak, _rss_kib(gatekeep.pid))
+            proc_wait(proc, 0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out.stat().st_size == size
+    assert peak - before < 16 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 from typing import Protocol as TypingProtocol
 
-import h11
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -23,6 +22,7 @@ from gatekeep.addresses import format_address
 from gatekeep.http.accesslog import combined_line
 from gatekeep.http.forwarding import HOP_BY_HOP, client_ip, is_health, request_fields, select
 from gatekeep.http.reader import RequestHead
+from gatekeep.http.response import END, Informational, ResponseHead
 from gatekeep.http.settings import HTTPRoute
 from gatekeep.http.upstream import Pool, Upstream
 from gatekeep.http.wire import reason_of, simple_body
@@ -191,12 +191,8 @@ class Exchange:
         self.upgrade = _upgrade_token(head)
         fields = request_fields(self.site, route, head, self.downstream.inbound.client,
                                 self.downstream.scheme, self.upgrade)
-        try:
-            upstream.send(h11.Request(method=head.method, target=head.target, headers=fields))
-        except h11.LocalProtocolError as error:
-            self._release_upstream(reuse=False)
-            self.simple(400, simple_body(400, str(error)), _TEXT, close=True)
-            return
+        upstream.send_request(head.method, head.target, fields, head.chunked,
+                              self.upgrade is not None)
         self.wants_body = True
         if self.request_ended:
             self._request_sent()
@@ -211,7 +207,7 @@ class Exchange:
             return
         upstream = self.upstream
         if upstream is not None and not self.finished:
-            upstream.send(h11.Data(data=data))
+            upstream.send_body(data)
 
     def _too_large(self) -> None:
         if self.finished:
@@ -232,8 +228,7 @@ class Exchange:
 
     def _request_sent(self) -> None:
         assert self.upstream is not None
-        if self.upstream.h11.our_state is h11.SEND_BODY:
-            self.upstream.send(h11.EndOfMessage())
+        self.upstream.end_request()
         if not self.response_started and self._timer is None:
             self._timer = self.reactor.callLater(self.site.response_timeout,
                                                  self._response_timed_out)
@@ -251,33 +246,30 @@ class Exchange:
     def upstream_event(self, event: Any) -> None:
         if self.finished:
             return
-        if isinstance(event, h11.InformationalResponse):
-            fields = [(n, v) for n, v in event.headers.raw_items()]
-            if event.status_code == 101 and self.upgrade is not None:
-                self._switched(event.reason or reason_of(101), fields)
-            elif event.status_code != 101:
-                self.downstream.send_informational(event.status_code, event.reason, fields)
-        elif isinstance(event, h11.Response):
+        if isinstance(event, bytes):
+            self.sent += len(event)
+            self.downstream.send_data(event)
+        elif isinstance(event, ResponseHead):
+            if event.switched:
+                self._switched(event.reason or reason_of(101), event.fields)
+                return
             self._stop_timer()
-            self.status = event.status_code
+            self.status = event.status
             self.response_started = True
-            fields, length = [], None
-            listed = {t.strip().lower() for n, v in event.headers.raw_items()
+            fields = []
+            listed = {t.strip().lower() for n, v in event.fields
                       if n.lower() == b"connection" for t in v.split(b",")}
-            for name, value in event.headers.raw_items():
+            for name, value in event.fields:
                 lower = name.lower()
-                if lower == b"content-length":
-                    length = int(value)
-                elif lower not in HOP_BY_HOP and lower not in listed:
+                if lower != b"content-length" and lower not in HOP_BY_HOP \
+                        and lower not in listed:
                     fields.append((name, value))
-            body = self.head.method != b"HEAD" and event.status_code not in _NO_BODY_STATUS
-            self.downstream.send_head(event.status_code, event.reason or reason_of(
-                event.status_code), fields, length, body)
-        elif isinstance(event, h11.Data):
-            data = bytes(event.data)
-            self.sent += len(data)
-            self.downstream.send_data(data)
-        elif isinstance(event, h11.EndOfMessage):
+            body = self.head.method != b"HEAD" and event.status not in _NO_BODY_STATUS
+            self.downstream.send_head(event.status, event.reason or reason_of(event.status),
+                                      fields, event.length, body)
+        elif isinstance(event, Informational):
+            self.downstream.send_informational(event.status, event.reason, event.fields)
+        elif event is END:
             self.downstream.send_end()
             self._release_upstream(reuse=True)
             self._finish()

@@ -231,7 +231,7 @@ class HTTP1Connection(Protocol):
         rest = self.reader.take_rest()
         if rest:
             backend.write(rest)
-        trailing, _closed = upstream.h11.trailing_data
+        trailing = upstream.take_rest()
         upstream.tunnel = self._from_tunnel
         upstream.on_lost = self._tunnel_lost
         self.backend_gate.attach(backend)

@@ -1,5 +1,5 @@
 """
-The backend side: one HTTP/1.1 connection (h11 client) per exchange at a time.
+The backend side: one HTTP/1.1 connection per exchange at a time.
 
 A connection whose exchange ended cleanly (both sides DONE, keep-alive) goes back
 to its client connection's :class:`Pool` and serves that client's next request for
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-import h11
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+
+from gatekeep.http.response import NEED_DATA, BackendError, ResponseHead, ResponseReader
 
 __all__ = ["Gate", "Pool", "Upstream", "UpstreamListener"]
 
@@ -69,55 +70,86 @@ class Gate:
 
 
 class Upstream(Protocol):
-    """One connection to a backend, speaking HTTP/1.1 through h11."""
+    """One connection to a backend, speaking HTTP/1.1."""
 
     def __init__(self, to: str) -> None:
         self.to = to
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.reader = ResponseReader()
         self.listener: UpstreamListener | None = None
         self.tunnel: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[Failure], None] | None = None
         self.connected = False
         self.lost = False
+        #: The whole request (its body included) was written.
+        self.request_done = True
+        self._chunked = False
 
     def connectionMade(self) -> None:
         self.connected = True
 
-    def send(self, event: Any) -> None:
-        data = self.h11.send(event)
-        if data and self.transport is not None:
+    def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
+                     chunked: bool, upgrade: bool) -> None:
+        """Write the request head; the body follows with :meth:`send_body`."""
+        self.reader.expect(method, upgrade)
+        self._chunked = chunked
+        self.request_done = False
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in fields:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        if self.transport is not None:
+            self.transport.write(b"".join(parts))
+
+    def send_body(self, data: bytes) -> None:
+        if self.transport is None or not data:
+            return
+        if self._chunked:
+            self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
             self.transport.write(data)
+
+    def end_request(self) -> None:
+        if self.request_done:
+            return
+        self.request_done = True
+        if self._chunked and self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
+
+    def take_rest(self) -> bytes:
+        """After a 101: the bytes of the new protocol that came with the response."""
+        return self.reader.take_rest()
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel(data)
             return
-        self.h11.receive_data(data)
+        self.reader.feed(data)
         self._events()
 
     def _events(self) -> None:
         while self.listener is not None and self.tunnel is None:
             try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as error:
+                event = self.reader.next_event()
+            except BackendError as error:
                 listener, self.listener = self.listener, None
                 listener.upstream_failed(f"backend broke HTTP/1.1: {error}")
                 self.abort()
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is NEED_DATA:
                 return
             self.listener.upstream_event(event)
+            if isinstance(event, ResponseHead) and event.switched:
+                return
 
     @property
     def reusable(self) -> bool:
-        return (not self.lost and self.h11.our_state is h11.DONE
-                and self.h11.their_state is h11.DONE)
+        return not self.lost and self.request_done and self.reader.done
 
     def recycle(self) -> bool:
         """Ready the connection for another request; False if it cannot be."""
         if not self.reusable:
             return False
-        self.h11.start_next_cycle()
+        self.reader.reset()
         return True
 
     def abort(self) -> None:
@@ -131,7 +163,7 @@ class Upstream(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         if self.tunnel is None and self.listener is not None:
-            self.h11.receive_data(b"")
+            self.reader.feed_eof()
             self._events()
             if self.listener is not None:
                 listener, self.listener = self.listener, None

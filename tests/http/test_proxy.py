@@ -350,3 +350,22 @@ class Pooling(SynchronousTestCase):
         backend.connectionLost(Failure(connectionDone.value))
         self.assertEqual(len(h.reactor.tcpClients), 1)
         self.assertTrue(second.value().startswith(b"HTTP/1.1 502 "))
+
+
+class BackendFraming(SynchronousTestCase):
+    def test_close_delimited_body_is_chunked_for_the_client(self) -> None:
+        h = Harness(SITE)
+        _p, client = h.connect(b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, _transport = h.backend()
+        backend.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+        backend.connectionLost(Failure(connectionDone.value))
+        self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"d\r\nuntil the end\r\n0\r\n\r\n")
+        self.assertFalse(client.disconnecting)
+
+    def test_head_keeps_the_length_and_sends_no_body(self) -> None:
+        h = Harness(SITE)
+        _p, client = h.connect(b"HEAD / HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, _transport = h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")

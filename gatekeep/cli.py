@@ -89,7 +89,23 @@ def route_table(config: Config) -> str:
     lines.append("services:")
     for service in config.services.values():
         lines.extend(service_table(service))
+    lines.extend(_http_sites(config))
     return "\n".join(lines)
+
+
+def _http_sites(config: Config) -> list[str]:
+    from gatekeep.http.settings import HTTPSite, site_table
+
+    sites: dict[str, HTTPSite] = {}
+    for service in config.services.values():
+        for route in service.routes:
+            site = getattr(route.target, "site", None)
+            if isinstance(site, HTTPSite):
+                sites[site.name] = site
+    lines = ["http sites:"] if sites else []
+    for site in sites.values():
+        lines.extend(site_table(site))
+    return lines
 
 
 def _load(path: str, registry: Registry) -> Config | None:

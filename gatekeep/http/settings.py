@@ -24,7 +24,7 @@ from gatekeep.detectors._names import normalise_host
 from gatekeep.preamble import ProxyPolicy
 from gatekeep.routing import split_host_port
 
-__all__ = ["HTTPRoute", "HTTPSite", "Respond", "load_sites"]
+__all__ = ["HTTPRoute", "HTTPSite", "Respond", "load_sites", "site_table"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(r"^[\t\x20-\x7e]*$")
@@ -238,6 +238,58 @@ class HTTPSite:
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "policy",
                            ProxyPolicy.from_settings("off", self.trusted_proxies))
+
+
+def _size(value: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}B"
+
+
+def _host_text(pattern: tuple[str, int | None]) -> str:
+    name, port = pattern
+    shown = f"[{name}]" if ":" in name and port is not None else name
+    return shown + (f":{port}" if port is not None else "")
+
+
+def site_table(site: HTTPSite) -> list[str]:
+    """The site and its routes, for ``gatekeep check``."""
+    from gatekeep.config.units import format_duration
+
+    settings = [f"max_body {_size(site.max_body)}",
+                f"connect_timeout {format_duration(site.connect_timeout)}",
+                f"response_timeout {format_duration(site.response_timeout)}"]
+    if site.health is not None:
+        settings.insert(0, f"health {site.health}")
+    if site.trusted_proxies:
+        settings.append(f"trusted_proxies {', '.join(site.trusted_proxies)}")
+    if site.access_log is not None:
+        settings.append(f"access_log {site.access_log}")
+    lines = [f"  http site {site.name} ({'; '.join(settings)})"]
+    if not site.routes:
+        return lines
+    matches = []
+    for route in site.routes:
+        parts = []
+        if route.host:
+            parts.append("host=" + ",".join(_host_text(p) for p in route.host))
+        if route.path:
+            parts.append("path=" + ",".join(route.path))
+        matches.append(" ".join(parts) or "(catch-all)")
+    width = max(len(r.name) for r in site.routes)
+    match_width = max(map(len, matches))
+    for number, (route, match) in enumerate(zip(site.routes, matches, strict=True), 1):
+        if route.respond is not None:
+            action = f"respond {route.respond.status} ({len(route.respond.body)} bytes)"
+        else:
+            action = str(route.to)
+            if route.host_header is not None:
+                action += f", Host: {route.host_header}"
+        if route.max_body is not None:
+            action += f", max_body {_size(route.max_body)}"
+        lines.append(f"    {number}. {route.name:<{width}}  {match:<{match_width}}  -> {action}")
+    return lines
 
 
 def _route(table: object, path: str, errors: list[ConfigError]) -> HTTPRoute | None:

@@ -124,3 +124,29 @@ def test_action_must_name_a_site(registry: Registry) -> None:
     with pytest.raises(ConfigErrors) as raised:
         load_config(BASE.replace('http = "{site}"', "http = { to = 'x' }"), registry)
     assert "expected the name of an [http.NAME] table" in raised.value.render()
+
+
+def test_check_prints_the_sites_routes(registry: Registry) -> None:
+    from gatekeep.cli import route_table
+
+    config = load_config(BASE.format(site="site") + textwrap.dedent("""
+        [http.site]
+        health = "/health"
+        [[http.site.route]]
+        name = "wk"
+        host = ["example.org"]
+        path = ["/.well-known/matrix/client"]
+        respond = { body = "{}" }
+        [[http.site.route]]
+        name = "matrix"
+        host = ["matrix.example.org", "[::1]:8448"]
+        path = ["/_matrix"]
+        to = "tcp:127.0.0.1:8008"
+        max_body = "50MiB"
+        """), registry)
+    table = route_table(config)
+    assert "http sites:\n  http site site (health /health; max_body 1MiB; " in table
+    assert "1. wk      host=example.org path=/.well-known/matrix/client" in table
+    assert "-> respond 200 (2 bytes)" in table
+    assert "host=matrix.example.org,[::1]:8448 path=/_matrix" in table
+    assert "-> tcp:127.0.0.1:8008, max_body 50MiB" in table

@@ -21,11 +21,13 @@ logged at a bounded rate (:mod:`gatekeep.refusals`).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from gatekeep.addresses import format_address
@@ -46,22 +48,53 @@ __all__ = [
     "limits_of",
 ]
 
+log = Logger()
+
 #: Past this many remembered rate buckets, the full ones (clients quiet for a
 #: while) are forgotten: the table's size follows the clients of the last moments.
 SWEEP_AT = 4096
 
 
+#: A rule that raises is logged at most once per this many seconds.
+FAILURE_LOG_INTERVAL = 10.0
+
+
 @implementer(IAccessRule)
 @attrs.frozen
 class NamedRule:
-    """An ``[access.NAME]`` rule with its name (the refusal reason names it)."""
+    """
+    An ``[access.NAME]`` rule with its name (the refusal reason names it).
+
+    A rule that raises, or answers something other than a Decision, is a bug in
+    the rule: the connection is denied (an access rule fails closed) and the
+    failure logged, at most once per :data:`FAILURE_LOG_INTERVAL`.
+    """
 
     name: str
     rule: IAccessRule
+    _logged: list[float] = attrs.field(factory=list, repr=False, eq=False)
 
     def decide(self, peer: IAddress, match: Match | None) -> Decision:
-        decision: Decision = self.rule.decide(peer, match)
-        return decision
+        try:
+            decision: object = self.rule.decide(peer, match)
+        except Exception:  # noqa: BLE001 - a plugin's bug must only cost this connection
+            if self._may_log():
+                log.failure("access rule {rule} raised; the connection is denied",
+                            rule=self.name)
+            return Decision.DENY
+        if isinstance(decision, Decision):
+            return decision
+        if self._may_log():
+            log.error("access rule {rule} answered {answer!r}, not a Decision; the "
+                      "connection is denied", rule=self.name, answer=decision)
+        return Decision.DENY
+
+    def _may_log(self) -> bool:
+        now = time.monotonic()  # only paces log lines: no decision depends on it
+        if self._logged and now - self._logged[0] < FAILURE_LOG_INTERVAL:
+            return False
+        self._logged[:] = [now]
+        return True
 
     def describe(self) -> str:
         return f"{self.name}: {self.rule.describe()}"

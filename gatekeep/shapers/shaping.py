@@ -21,11 +21,18 @@ from typing import Any, Literal
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from gatekeep.interfaces import IShaper
 
-__all__ = ["Direction", "Gate", "ShaperSpec", "Shaping"]
+__all__ = ["MAX_PAUSE", "Direction", "Gate", "ShaperSpec", "Shaping"]
+
+log = Logger()
+
+#: The longest a shaper may pause a direction at once (a plugin answering a huge
+#: delay must not stall a connection for good; it is asked again after this).
+MAX_PAUSE = 60.0
 
 #: ``in``: from the client (its transport is paused); ``out``: to the client (the
 #: backend's transport is paused).
@@ -107,9 +114,16 @@ class Shaping:
         gate = self.gates.get(direction)
         if shaper is None or gate is None:
             return
-        delay = shaper.admit(nbytes, self.clock.seconds())
+        try:
+            delay = float(shaper.admit(nbytes, self.clock.seconds()))
+        except Exception:  # noqa: BLE001 - a plugin's bug must not break the relay
+            # Unshaped from now on (data is never held hostage by a broken shaper).
+            log.failure("shaper {shaper!r} raised; this connection is no longer shaped",
+                        shaper=shaper)
+            del self.shapers[direction]
+            return
         if delay > 0 and not gate.done:
-            gate.hold(delay, self.clock)
+            gate.hold(min(delay, MAX_PAUSE), self.clock)
 
     def read_done(self, direction: Direction) -> None:
         gate = self.gates.get(direction)

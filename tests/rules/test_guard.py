@@ -264,3 +264,32 @@ class GuardTests(SynchronousTestCase):
         first = lines[0]
         self.assertEqual((first["client"], first["reason"]),
                          ("198.51.100.50:1", "max_connections"))
+
+
+class BrokenRuleTests(SynchronousTestCase):
+    def test_a_raising_rule_denies_and_logs_once_in_a_while(self) -> None:
+        from zope.interface import implementer
+
+        from gatekeep.interfaces import IAccessRule
+
+        @implementer(IAccessRule)
+        class Raising:
+            def decide(self, peer: Any, match: Any) -> Decision:
+                raise RuntimeError("bug in a plugin")
+
+            def describe(self) -> str:
+                return "raising"
+
+        @implementer(IAccessRule)
+        class Sloppy(Raising):
+            def decide(self, peer: Any, match: Any) -> Decision:
+                return True  # type: ignore[return-value]
+
+        peer = IPv4Address("TCP", "192.0.2.1", 1)
+        rule = NamedRule("broken", Raising())
+        for _ in range(100):
+            self.assertIs(rule.decide(peer, None), Decision.DENY)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        with captured_log() as events:
+            self.assertIs(NamedRule("sloppy", Sloppy()).decide(peer, None), Decision.DENY)
+        self.assertTrue(any("not a Decision" in str(e.get("log_format")) for e in events))

@@ -248,3 +248,31 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(list(spec._shared), [("l", "10.1.2.3")])
         protocol.connectionLost(connectionDone)
         self.assertEqual(spec._shared, {})
+
+
+class BrokenShaperTests(SynchronousTestCase):
+    def test_a_raising_shaper_leaves_the_connection_unshaped(self) -> None:
+        from zope.interface import implementer
+
+        @implementer(IShaper)
+        class Raising:
+            def admit(self, nbytes: int, now: float) -> float:
+                raise RuntimeError("bug")
+
+        clock = Clock()
+        spec = ShaperSpec("s", "connection", Raising)
+        relay, client, backend, _ = shaped_relay(clock, 0, 0, spec=spec)
+        relay.from_client(b"x")
+        relay.from_client(b"y")
+        self.assertEqual(backend.value(), b"xy")
+        self.assertEqual(client.producerState, "producing")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_huge_delays_are_capped(self) -> None:
+        from gatekeep.shapers.shaping import MAX_PAUSE
+
+        clock = Clock()
+        relay, client, _, _ = shaped_relay(clock, 1.0, 1)
+        relay.from_client(b"x" * 10**9)
+        clock.advance(MAX_PAUSE)
+        self.assertEqual(client.producerState, "producing")

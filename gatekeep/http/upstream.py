@@ -177,17 +177,22 @@ class Pool:
     Idle keep-alive backend connections by endpoint string, shared by a site's clients.
 
     At most ``max_idle`` wait per backend (more are closed); one the backend closed
-    while idle is dropped when found.
+    while idle is dropped when found; one idle for ``idle_timeout`` is closed by a
+    sweep (one timer per pool, not per connection), so a pool a reload left behind
+    lets its connections go.
     """
 
-    def __init__(self, max_idle: int = 64) -> None:
+    def __init__(self, reactor: Any, max_idle: int = 64, idle_timeout: float = 30.0) -> None:
+        self.reactor = reactor
         self.max_idle = max_idle
-        self.idle: dict[str, list[Upstream]] = {}
+        self.idle_timeout = idle_timeout
+        self.idle: dict[str, list[tuple[float, Upstream]]] = {}
+        self._sweep: Any = None
 
     def take(self, to: str) -> Upstream | None:
         idle = self.idle.get(to)
         while idle:
-            upstream = idle.pop()
+            _since, upstream = idle.pop()
             if not upstream.lost:
                 return upstream
         return None
@@ -197,12 +202,36 @@ class Pool:
         if len(idle) < self.max_idle and upstream.recycle():
             upstream.listener = None
             upstream.on_lost = None
-            idle.append(upstream)
+            idle.append((self.reactor.seconds(), upstream))
+            if self._sweep is None:
+                self._sweep = self.reactor.callLater(self.idle_timeout, self._swept)
         else:
             upstream.close()
 
+    def _swept(self) -> None:
+        self._sweep = None
+        cutoff = self.reactor.seconds() - self.idle_timeout
+        for to, idle in list(self.idle.items()):
+            keep = []
+            for since, upstream in idle:
+                if since > cutoff and not upstream.lost:
+                    keep.append((since, upstream))
+                else:
+                    upstream.close()
+            if keep:
+                self.idle[to] = keep
+            else:
+                del self.idle[to]
+        if self.idle:
+            oldest = min(since for idle in self.idle.values() for since, _u in idle)
+            delay = max(oldest + self.idle_timeout - self.reactor.seconds(), 0.0)
+            self._sweep = self.reactor.callLater(delay, self._swept)
+
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self.idle.values():
-            for upstream in idle:
+            for _since, upstream in idle:
                 upstream.close()
         self.idle.clear()

@@ -72,7 +72,7 @@ class HTTPTarget:
         """Idle keep-alive backend connections, shared by the site's client connections."""
         pool = self._pools.get(reactor)
         if pool is None:
-            pool = self._pools[reactor] = Pool()
+            pool = self._pools[reactor] = Pool(reactor)
         return pool
 
     def attach(self, inbound: Inbound) -> Protocol:

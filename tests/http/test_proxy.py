@@ -369,3 +369,13 @@ class BackendFraming(SynchronousTestCase):
         backend, _transport = h.backend()
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
         self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+
+    def test_idle_backend_connections_are_closed_after_30s(self) -> None:
+        h = Harness(SITE)
+        _p, _client = h.connect(b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, transport = h.backend()
+        backend.dataReceived(OK_EMPTY)
+        h.reactor.advance(29)
+        self.assertFalse(transport.disconnecting)
+        h.reactor.advance(1.5)
+        self.assertTrue(transport.disconnecting)

@@ -192,6 +192,14 @@ class Guard:
         """Whether anything needs checking once the client is known."""
         return self.access is not None or self.limits.per_client
 
+    def inner(self) -> Guard:
+        """
+        For a nested chain (after ``terminate``): its routes' rules, counted and
+        logged with this listener's, without asking the listener's rule and limits
+        again (the outer connection passed them).
+        """
+        return attrs.evolve(self, limits=Limits(), access=None)
+
     def accept(self, peer: IAddress | object) -> bool:
         """``max_connections``: count the new connection, or refuse it (False)."""
         limit = self.limits.max_connections

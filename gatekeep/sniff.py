@@ -325,7 +325,7 @@ class SniffingProtocol(Protocol):
             listener=self.runtime.name, client=self.client, server=self.server,
             transport=transport, detector=protocol, facts=detected, prefix=prefix,
             route=route, record=record, reactor=self.runtime.reactor, proxy=self.header,
-            shaping=self._shaping)
+            shaping=self._shaping, guard=self.runtime.guard)
         self._buffer = bytearray()
         try:
             attached = route.target.attach(inbound)

@@ -182,3 +182,6 @@ class Inbound:
     #: The connection's ``[shaper.X]`` pacing (:class:`gatekeep.shapers.shaping.Shaping`),
     #: if its listener has one: relays report the bytes they pass on to it.
     shaping: Any = attrs.field(default=None, repr=False)
+    #: The listener's :class:`gatekeep.guard.Guard`, if any: a nested chain (after
+    #: ``terminate``) checks its own routes' access rules with it.
+    guard: Any = attrs.field(default=None, repr=False)

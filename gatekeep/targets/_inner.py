@@ -129,7 +129,10 @@ class InnerSniffer(SniffingProtocol):
         assert target.inner is not None, "the loader links terminate to its service"
         super().__init__(ListenerRuntime.build(
             outer.listener, target.inner, target.detectors, target.detect_timeout,
-            outer.reactor))
+            outer.reactor, guard=outer.guard.inner() if outer.guard is not None else None))
+        # The outer connection's shaping paces the decrypted relay (it is released
+        # when the outer connection ends).
+        self._shaping = outer.shaping
         self.target = target
         self.outer = outer
         self.sni = sni

@@ -87,6 +87,15 @@ class TerminatingProtocol(BufferingTLSTransport):
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(_Counting(transport, self.inbound.record))
 
+    def loseWriteConnection(self) -> None:
+        """
+        A backend's EOF ends the TLS session (close_notify, then FIN) once everything
+        before it is written. Without this, the relay's half-close would reach the TCP
+        transport underneath (ProtocolWrapper passes unknown attributes on) and send a
+        FIN past TLS, cutting off data still buffered in the TLS layer.
+        """
+        self.loseConnection()
+
 
 @implementer(IDetector)
 @attrs.frozen

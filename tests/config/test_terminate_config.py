@@ -116,3 +116,10 @@ def test_check_lists_the_route_and_reports_bad_files(
     assert main(["check", str(good)]) == 1
     output = capsys.readouterr()
     assert f"{certs}/example.pem: a certificate in it cannot be parsed" in output.out + output.err
+
+
+def test_the_tested_prosody_module_is_the_shipped_one() -> None:
+    root = Path(__file__).resolve().parents[2]
+    shipped = root / "contrib" / "prosody" / "mod_gk_proxy_secure.lua"
+    tested = root / "tests" / "integration" / "prosody_modules" / "mod_gk_proxy_secure.lua"
+    assert shipped.read_bytes() == tested.read_bytes()

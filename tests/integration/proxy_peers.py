@@ -96,6 +96,9 @@ class ProsodyProxy:
 
     prosody: Prosody
     proxy_port: int
+    #: A second PROXY port whose sessions mod_gk_proxy_secure marks encrypted (for
+    #: streams gatekeep decrypted), when started with ``secure_port=True``.
+    secure_port: int | None = None
 
     @property
     def jid(self) -> str:
@@ -105,7 +108,8 @@ class ProsodyProxy:
         return self.prosody.log.read_text(encoding="utf-8", errors="replace")
 
 
-def start_prosody_proxy(root: Path, certificate: Certificate) -> ProsodyProxy:
+def start_prosody_proxy(root: Path, certificate: Certificate,
+                        secure_port: bool = False) -> ProsodyProxy:
     """
     Prosody as :func:`~tests.integration.peers.start_prosody` starts it, plus the
     vendored mod_net_proxy (checked against its sha256) listening on a PROXY port
@@ -116,24 +120,31 @@ def start_prosody_proxy(root: Path, certificate: Certificate) -> ProsodyProxy:
     if actual != expected:
         raise PeerError(f"mod_net_proxy.lua does not match its sha256 ({actual})")
     proxy_port = free_port()
+    secure = free_port() if secure_port else None
+    while secure == proxy_port:
+        secure = free_port()
+    mappings = f"[{proxy_port}] = \"c2s\"" + (f"; [{secure}] = \"c2s\"" if secure else "")
     extra = (
         f"plugin_paths = {{ {_lua(MODULES)} }}\n"
-        f"proxy_port_mappings = {{ [{proxy_port}] = \"c2s\" }}\n"
+        f"proxy_port_mappings = {{ {mappings} }}\n"
         "proxy_trusted_proxies = { \"127.0.0.1\" }\n"
+        + (f"gk_proxy_secure_ports = {{ {secure} }}\n" if secure else "")
     )
+    modules = '"net_proxy"; "gk_sessionip";' + (' "gk_proxy_secure";' if secure else "")
     # Prosody refuses an option set twice: add the modules to the one list.
-    template = _PROSODY_CFG.replace('"posix";\n', '"posix"; "net_proxy"; "gk_sessionip";\n', 1)
+    template = _PROSODY_CFG.replace('"posix";\n', f'"posix"; {modules}\n', 1)
     if template == _PROSODY_CFG:
         raise PeerError("peers._PROSODY_CFG changed: cannot add mod_net_proxy to it")
     template = template.replace('\nVirtualHost "{domain}"', "\n" + extra.replace(
         "{", "{{").replace("}", "}}") + 'VirtualHost "{domain}"')
     prosody = start_prosody(root, certificate, template=template)
     try:
-        prosody.peer.wait_port("127.0.0.1", proxy_port)
+        for port in (proxy_port, *([secure] if secure else [])):
+            prosody.peer.wait_port("127.0.0.1", port)
     except PeerError:
         prosody.peer.stop()
         raise
-    return ProsodyProxy(prosody, proxy_port)
+    return ProsodyProxy(prosody, proxy_port, secure)
 
 
 def connect_from(source: str, address: tuple[str, int], timeout: float = 10.0) -> socket.socket:

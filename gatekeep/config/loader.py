@@ -138,6 +138,7 @@ class _Loader:
                 self.warnings.append(f"http.{name}: not used by any route")
         inner = self.link(services)
         self.cross_check(listeners, services, inner)
+        self.unused_rules(listeners, services)
         for problem in self.registry.problems:
             if (problem.group, problem.name) in self.used_plugins:
                 continue  # already reported as an error where it is used
@@ -285,6 +286,19 @@ class _Loader:
                        f"{interface.__name__}: {error}")
             return None
         return built
+
+    def unused_rules(self, listeners: list[ListenerConfig],
+                     services: Mapping[str, Service]) -> None:
+        used = {listener.access for listener in listeners}
+        used |= {getattr(route.access, "name", None)
+                 for service in services.values() for route in service.routes}
+        for name in self.access:
+            if name not in used:
+                self.warnings.append(f"access.{name}: not used by any listener or route")
+        shaped = {listener.shaper for listener in listeners}
+        for name in self.shapers:
+            if name not in shaped:
+                self.warnings.append(f"shaper.{name}: not used by any listener")
 
     def access_named(self, name: str | None, path: str) -> NamedRule | None:
         """The [access.NAME] a listener or route refers to (an error if there is none)."""

@@ -165,3 +165,4 @@ def test_limits_count_the_proxy_client(gatekeep: Gatekeep, balancers: dict[str, 
     assert f"connection_rate_per_ip (0.0166667/s) exceeded by {hasty}" in log
     # Nothing was ever counted against the balancer itself.
     assert "for 127.0.0.1 " not in log and "by 127.0.0.1 " not in log
+

@@ -318,3 +318,16 @@ def test_rule_plugins_are_found_by_entry_point() -> None:
     with pytest.raises(ConfigErrors) as caught:
         rule('[access.r]\nkind = "even"\ncolour = "red"\n', registry)
     assert "TypeError" in str(caught.value.errors[0])
+
+
+def test_unused_rules_and_shapers_are_warnings(registry: Registry) -> None:
+    config = load_config(textwrap.dedent(BASE) + textwrap.dedent("""
+        [access.r]
+        [access.spare]
+        deny = ["10.0.0.0/8"]
+        [shaper.idle]
+        rate = "1MiB/s"
+    """), registry)
+    assert "access.spare: not used by any listener or route" in config.warnings
+    assert "shaper.idle: not used by any listener" in config.warnings
+    assert not any(w.startswith("access.r:") for w in config.warnings)

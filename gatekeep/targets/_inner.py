@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -75,7 +76,18 @@ class _Counting:
 
 
 class TerminatingProtocol(BufferingTLSTransport):
-    """TLS server side over the sniffed connection, with the context chosen by SNI."""
+    """
+    TLS server side over the sniffed connection, with the context chosen by SNI.
+
+    Half-close is relayed through TLS as it is through TCP (RFC 8446 6.1: a
+    close_notify closes one direction). Twisted's TLS layer tears the whole connection
+    down when the client's close_notify arrives, losing what the backend still had to
+    say; here it becomes the inner protocol's ``readConnectionLost`` while gatekeep
+    keeps writing. The other way, :meth:`loseWriteConnection` sends close_notify, and
+    Twisted keeps reading until the client's own close_notify.
+    """
+
+    _peer_closed = False  # the client's close_notify arrived
 
     def __init__(self, target: TerminateTarget, inbound: Inbound, context: SSL.Context,
                  sni: str | None) -> None:
@@ -86,6 +98,29 @@ class TerminatingProtocol(BufferingTLSTransport):
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(_Counting(transport, self.inbound.record))
+
+    def _flushReceiveBIO(self) -> None:
+        # Twisted's loop, except for what a close_notify means.
+        while not self._lostTLSConnection:
+            try:
+                data = self._tlsConnection.recv(2**15)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                wrapped: Any = self.wrappedProtocol
+                if not self._peer_closed and IHalfCloseableProtocol.providedBy(wrapped):
+                    self._peer_closed = True
+                    wrapped.readConnectionLost()
+                    if not self.disconnecting:
+                        break  # keep writing: the other direction is still open
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
 
     def loseWriteConnection(self) -> None:
         """

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from OpenSSL import SSL
 
 from tests.hostile.backend import payload
 from tests.hostile.harness import start_backend, start_gatekeep
+from tests.tlscerts import make_ca
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +135,99 @@ def test_half_close_matrix(tmp_path: Path, path: str) -> None:
             assert not problems, problems
             assert not bad, bad
             print(f"half-close {path}: {len(CASES)} cases byte-exact in {elapsed:.1f}s")
+        finally:
+            gatekeep.stop()
+        assert not gatekeep.problems(), gatekeep.problems()
+    finally:
+        backend.stop()
+
+
+# ------------------------------------------------------------------ TLS-terminated
+
+TLS_CONFIG = """
+[[listener]]
+name = "tls"
+endpoint = "tcp:0:interface=127.0.0.1"
+service = "edge"
+
+[service.edge]
+[[service.edge.route]]
+name = "terminate"
+match.tls = {{}}
+terminate = {{ certificate_pairs = [{{ cert = "{cert}", key = "{key}" }}], service = "inner" }}
+
+[service.inner]
+[[service.inner.route]]
+name = "all"
+forward = {{ to = "tcp:127.0.0.1:{port}" }}
+"""
+TLS_SIZES = (0, 1, 65536 + 7, MiB)
+
+
+def _tls_read_all(conn: SSL.Connection) -> tuple[bytes, str]:
+    """Read to the end; also say how it ended (close_notify, or a bare TCP close)."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = conn.recv(1 << 16)
+        except SSL.ZeroReturnError:
+            return b"".join(chunks), "close_notify"
+        except SSL.SysCallError:
+            return b"".join(chunks), "tcp close"
+        if not chunk:
+            return b"".join(chunks), "tcp close"
+        chunks.append(chunk)
+
+
+def tls_case(port: int, ident: int, client_bytes: int, backend_bytes: int,
+             first: str) -> str | None:
+    """One exchange over TLS; a TLS half-close is a close_notify with reading going on."""
+    seed = ident * 2
+    mine, expected = payload(seed, client_bytes), payload(seed + 1, backend_bytes)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(None)  # pyOpenSSL needs a blocking socket
+        conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), sock)
+        conn.set_tlsext_host_name(b"half.example")
+        conn.set_connect_state()
+        conn.sendall(f"HALF {ident} {client_bytes} {backend_bytes} {first} {seed}\n".encode())
+        try:
+            if first == "backend":
+                got, how = _tls_read_all(conn)
+                conn.sendall(mine)
+                conn.shutdown()
+            else:  # "client": all sent and close_notify before reading anything
+                conn.sendall(mine)
+                conn.shutdown()
+                got, how = _tls_read_all(conn)
+        except SSL.Error as error:
+            return f"case {ident} {(client_bytes, backend_bytes, first)}: {error!r}"
+    if got != expected or how != "close_notify":
+        return (f"case {ident} {(client_bytes, backend_bytes, first)}: client got "
+                f"{len(got)} of {len(expected)} bytes, ended by {how}")
+    return None
+
+
+TLS_CASES = [(c, b, o) for o, (c, b) in itertools.product(
+    ("client", "backend"), itertools.product(TLS_SIZES, TLS_SIZES))]
+
+
+def test_half_close_matrix_tls_terminated(tmp_path: Path) -> None:
+    cert, key = make_ca().leaf("half.example").write_pair(tmp_path / "c.pem", tmp_path / "k.pem")
+    backend = start_backend(tmp_path / "backend")
+    try:
+        config = TLS_CONFIG.format(cert=cert, key=key, port=backend.port)
+        gatekeep = start_gatekeep(tmp_path / "gk", config, ["tls"])
+        try:
+            port = gatekeep.port("tls")
+            with ThreadPoolExecutor(4) as pool:
+                problems = [p for p in pool.map(lambda a: tls_case(port, *a),
+                                                [(i, *c) for i, c in enumerate(TLS_CASES)])
+                            if p is not None]
+            results = backend.wait_results(len(TLS_CASES), timeout=30)
+            bad = [r for r in results if not r.startswith("OK ")]
+            assert not problems, problems
+            assert not bad, bad
+            print(f"half-close tls-terminated: {len(TLS_CASES)} cases byte-exact")
         finally:
             gatekeep.stop()
         assert not gatekeep.problems(), gatekeep.problems()

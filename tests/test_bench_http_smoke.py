@@ -24,10 +24,13 @@ def test_http_bench_smoke(tmp_path: Path) -> None:
                           timeout=300, check=False, cwd=ROOT)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "ratios gatekeep / nginx" in done.stdout, output
+    assert "ratios gatekeep / nginx (target: req per CPU-second >= 0.30x):" in done.stdout, \
+        output
     document = json.loads(results.read_text())
     assert document["problems"] == []
     for subject in ("direct", "gatekeep", "nginx"):
         for mode in ("keep-alive", "new connections"):
             figures = document["results"][subject][mode]
             assert figures["rps"] > 0 and figures["non_2xx"] == 0, (subject, mode, figures)
+            if subject != "direct":
+                assert figures["cpu_s"] > 0, (subject, mode, figures)

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
-from gatekeep.http.upstream import Gate, Upstream
+from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class HTTP1Connection(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         self.scheme = "https" if is_tls(transport) else "http"
+        no_delay(transport)
         self.client_gate.attach(transport)
         transport.registerProducer(self.backend_gate, True)
 

@@ -8,6 +8,7 @@ the same backend. After a ``101 Switching Protocols`` it becomes a byte tunnel.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -17,7 +18,19 @@ from twisted.python.failure import Failure
 
 from gatekeep.http.response import NEED_DATA, BackendError, ResponseHead, ResponseReader
 
-__all__ = ["Gate", "Pool", "Upstream", "UpstreamListener"]
+__all__ = ["Gate", "Pool", "Upstream", "UpstreamListener", "no_delay"]
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off where the transport is TCP: a request body or response
+    written after its head would otherwise wait for the peer's delayed ACK (40 ms).
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    with contextlib.suppress(OSError, AttributeError, NotImplementedError):
+        set_no_delay(True)  # fails where no TCP socket is underneath (UNIX, a wrapper)
 
 
 class UpstreamListener(TypingProtocol):
@@ -86,6 +99,7 @@ class Upstream(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        no_delay(self.transport)
 
     def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
                      chunked: bool, upgrade: bool) -> None:

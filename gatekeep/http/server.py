@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -69,6 +69,7 @@ class HTTP1Connection(Protocol):
         self._closing = False
         self._pumping = False
         self._again = False
+        self._idle_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -76,6 +77,25 @@ class HTTP1Connection(Protocol):
         no_delay(transport)
         self.client_gate.attach(transport)
         transport.registerProducer(self.backend_gate, True)
+        self._await_request()
+
+    def _await_request(self) -> None:
+        """The next request's head must arrive whole within ``keepalive_timeout``."""
+        timeout = self.target.site.keepalive_timeout
+        if self._idle_timer is None and timeout is not None:
+            self._idle_timer = self.inbound.reactor.callLater(timeout, self._idle)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self.exchange is None and self.tunnel is None and not self._closing:
+            self.inbound.record.close("keepalive_timeout" if self.reader.between_requests
+                                      else "keepalive_timeout (request head incomplete)")
+            self._close()
 
     # ------------------------------------------------------------ reading
 
@@ -144,6 +164,7 @@ class HTTP1Connection(Protocol):
                 exchange.body(event)
 
     def _begin(self, head: RequestHead) -> None:
+        self._stop_idle_timer()
         self.head = head
         self._request_done = self._response_done = False
         self._chunked = False
@@ -176,6 +197,7 @@ class HTTP1Connection(Protocol):
         if self._client_eof and self.reader.between_requests:
             self._close()
             return
+        self._await_request()
         self._pump()
 
     # ------------------------------------------------------------ Downstream
@@ -305,6 +327,7 @@ class HTTP1Connection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        self._stop_idle_timer()
         if self.exchange is not None:
             self.exchange.client_gone()
             self.exchange = None

@@ -148,6 +148,11 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+def _optional_duration(value: object) -> float | None:
+    seconds = parse_duration(value)
+    return seconds if seconds > 0 else None
+
+
 def _trusted(value: object) -> tuple[str, ...]:
     from gatekeep.config.model import ListenerConfig  # its parser, shared
 
@@ -223,6 +228,12 @@ class HTTPSite:
     connect_timeout: float = setting(
         "How long to wait for a backend to accept; then `502`.", default=5.0,
         parse=_positive_duration, shown='"5s"')
+    keepalive_timeout: float | None = setting(
+        "How long a client connection may wait for its next request's head to arrive "
+        "whole (from the connection's start, then from the end of each response); then "
+        "it is closed. Guards against idle keep-alive connections and heads sent byte by "
+        "byte. `\"0s\"` turns it off.", default=75.0, parse=_optional_duration,
+        shown='"75s"')
     response_timeout: float = setting(
         "How long to wait for a backend's response head once the request was sent; "
         "then `504`.", default=60.0, parse=_positive_duration, shown='"60s"')

@@ -379,3 +379,25 @@ class BackendFraming(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         h.reactor.advance(1.5)
         self.assertTrue(transport.disconnecting)
+
+
+class KeepAliveTimeout(SynchronousTestCase):
+    def test_idle_and_trickled_connections_are_closed(self) -> None:
+        h = Harness(SITE)
+        protocol, client = h.connect(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        h.reactor.advance(74)
+        self.assertFalse(client.disconnecting)
+        protocol.dataReceived(b"GET /health HTTP/1.1\r\n")  # a head that never ends
+        h.reactor.advance(1.5)
+        self.assertTrue(client.disconnecting)
+
+    def test_a_slow_response_is_not_cut_by_it(self) -> None:
+        h = Harness(SITE.replace('response_timeout = "10s"', 'response_timeout = "300s"'))
+        _p, client = h.connect(b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, _transport = h.backend()
+        h.reactor.advance(200)
+        self.assertFalse(client.disconnecting)
+        backend.dataReceived(OK_EMPTY)
+        self.assertEqual(client.value(), OK_EMPTY)
+        h.reactor.advance(76)
+        self.assertTrue(client.disconnecting)

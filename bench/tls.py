@@ -12,7 +12,7 @@ figure that does not depend on how much CPU the load generator left over.
 - bulk: one connection reads BULK bytes that the backend sends through the proxy
   (backend -> client, decrypted by nothing but the client: the proxy encrypts).
 
-    .venv/bin/python bench/tls.py                 # 5 s per figure
+    .venv/bin/python bench/tls.py                 # 5 s per figure, 3 rounds
     .venv/bin/python bench/tls.py --smoke         # 1 s per figure, small bulk (CI)
     .venv/bin/python bench/tls.py --json out.json
 
@@ -28,6 +28,7 @@ import multiprocessing
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,12 +252,50 @@ def measure_bulk(instance: Instance, size: int) -> dict[str, float]:
             "proxy_cpu_s_per_gib": cpu / (received / (1024 * MiB)) if received else 0.0}
 
 
+def run_subject(subject: str, workdir: Path, certs: Path, backend: int, bulk: int,
+                seconds: float, clients: int, bulk_size: int,
+                into: dict[str, list[dict[str, float]]]) -> list[str]:
+    """One round of every figure for one subject; the problems seen."""
+    problems: list[str] = []
+    try:
+        instance = start_subject(subject, workdir, certs, backend)
+    except StartError as error:
+        return [f"{subject}: {error}"]
+    try:
+        for kind in KINDS:
+            figures = measure_handshakes(instance, f"{kind}.bench", seconds, clients)
+            into.setdefault(f"handshakes {kind}", []).append(figures)
+            if figures["handshakes"] == 0 or figures["failed"]:
+                problems.append(f"{subject} {kind}: {figures}")
+    finally:
+        instance.stop()
+    # Bulk: the same proxy config, its backend the bulk sender.
+    try:
+        instance = start_subject(subject, workdir, certs, bulk)
+    except StartError as error:
+        return [*problems, f"{subject} bulk: {error}{log_tail(workdir / 'bulk.log')}"]
+    try:
+        figures = measure_bulk(instance, bulk_size)
+        into.setdefault("bulk backend->client", []).append(figures)
+        if figures["bytes"] != bulk_size:
+            problems.append(f"{subject} bulk: {figures}")
+    finally:
+        instance.stop()
+    return problems
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--smoke", action="store_true", help="1 s per figure, 32 MiB bulk")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=2, help="handshake client processes")
     parser.add_argument("--bulk-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="subjects take turns this many times; medians are reported")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path)
@@ -276,46 +315,26 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     certs = workdir / "certs"
     make_certificates(certs)
-    results: dict[str, dict[str, dict[str, float]]] = {}
     problems: list[str] = []
     backend, bulk = start_backends(workdir)
     try:
-        for subject in subjects:
-            results[subject] = {}
-            try:
-                instance = start_subject(subject, workdir, certs, backend.port)
-            except StartError as error:
-                problems.append(f"{subject}: {error}")
-                continue
-            try:
-                for kind in KINDS:
-                    figures = measure_handshakes(instance, f"{kind}.bench", seconds,
-                                                 args.clients)
-                    results[subject][f"handshakes {kind}"] = figures
-                    if figures["handshakes"] == 0 or figures["failed"]:
-                        problems.append(f"{subject} {kind}: {figures}")
-            finally:
-                instance.stop()
-            # Bulk: the same proxy config, its backend the bulk sender.
-            try:
-                instance = start_subject(subject, workdir, certs, bulk.port)
-            except StartError as error:
-                problems.append(f"{subject} bulk: {error}{log_tail(workdir / 'bulk.log')}")
-                continue
-            try:
-                figures = measure_bulk(instance, bulk_size)
-                results[subject]["bulk backend->client"] = figures
-                if figures["bytes"] != bulk_size:
-                    problems.append(f"{subject} bulk: {figures}")
-            finally:
-                instance.stop()
+        # Subjects take turns, round after round, so that other load on the machine
+        # falls on both alike; each figure is the median of its rounds.
+        rounds: dict[str, dict[str, list[dict[str, float]]]] = {s: {} for s in subjects}
+        for _ in range(1 if args.smoke else args.rounds):
+            for subject in subjects:
+                problems += run_subject(subject, workdir, certs, backend.port, bulk.port,
+                                        seconds, args.clients, bulk_size, rounds[subject])
+        results = {subject: {name: _median(runs) for name, runs in figures.items()}
+                   for subject, figures in rounds.items()}
     finally:
         backend.stop()
         bulk.stop()
-    _report(results, seconds, args.clients)
+    _report(results, seconds, args.clients, 1 if args.smoke else args.rounds)
     if args.json is not None:
         args.json.write_text(json.dumps({"results": results, "problems": problems,
-                                         "seconds": seconds, "clients": args.clients},
+                                         "seconds": seconds, "clients": args.clients,
+                                         "rounds": rounds},
                                         indent=2))
     for problem in problems:
         print("problem:", problem, file=sys.stderr)
@@ -323,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(results: dict[str, dict[str, dict[str, float]]], seconds: float,
-            clients: int) -> None:
+            clients: int, rounds: int) -> None:
     print(f"TLS termination, {seconds:g} s per figure, {clients} handshake clients "
-          "(TLS 1.3, full handshakes, no resumption)")
+          f"(TLS 1.3, full handshakes, no resumption); medians of {rounds} round(s)")
     rows = []
     for subject, figures in results.items():
         for kind in KINDS:

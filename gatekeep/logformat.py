@@ -28,7 +28,7 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
-__all__ = ["FORMATS", "event_as_json", "observer_for"]
+__all__ = ["FORMATS", "event_as_json", "observer_for", "plain_fields"]
 
 FORMATS = ("text", "json")
 
@@ -68,13 +68,21 @@ def event_as_json(event: LogEvent) -> str:
     if "log_failure" in event:
         out["traceback"] = eventAsText(event, includeTimestamp=False,
                                        includeSystem=False).split("\n", 1)[-1]
+    for key, value in plain_fields(event).items():
+        out.setdefault(key, value)
+    return json.dumps(out, ensure_ascii=False, default=str) + "\n"
+
+
+def plain_fields(event: LogEvent) -> dict[str, Any]:
+    """The event's own fields that are plain JSON data (not ``log_*`` internals)."""
+    out: dict[str, Any] = {}
     for key, value in event.items():
-        if key.startswith("log_") or key in out or key in _NOT_FIELDS:
+        if key.startswith("log_") or key in _NOT_FIELDS:
             continue
         shown = _plain(value)
         if shown is not _SKIP:
             out[key] = shown
-    return json.dumps(out, ensure_ascii=False, default=str) + "\n"
+    return out
 
 
 def _json_observer(output: IO[str]) -> ILogObserver:

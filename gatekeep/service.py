@@ -88,6 +88,16 @@ class PortService(Service):
 
     def bind(self) -> None:
         """Listen now (binding is synchronous for every stream endpoint we know)."""
+        from gatekeep.workers import INHERITED
+
+        inherited = INHERITED.pop(self.endpoint, None)
+        if inherited is not None:  # a worker: the parent bound it
+            fd, family = inherited
+            try:
+                self._listening(self.reactor.adoptStreamPort(fd, family, self.factory))
+            finally:
+                os.close(fd)
+            return
         failures: list[Failure] = []
         try:
             endpoint = serverFromString(self.reactor, self.endpoint)

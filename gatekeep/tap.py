@@ -97,6 +97,17 @@ def makeService(options: Any) -> Any:
 
         Logger().info("open-file limit raised from {before} to {after}", before=before,
                       after=after)
+
+    def loader() -> Config:
+        return load(options, registry)[0]
+
     # SIGHUP re-reads the same file (or re-renders the demo) with the same plugins.
-    return GatekeepService(config, registry, reactor, loader=lambda: load(options, registry)[0],
+    if options["config"]:
+        from gatekeep.workers import SupervisorService, worker_count
+
+        if worker_count(config) > 1:
+            return SupervisorService(
+                config, reactor, loader=loader, log_observer=_log_observer(options),
+                options={"config": options["config"], "demo-port": options["demo-port"]})
+    return GatekeepService(config, registry, reactor, loader=loader,
                            handle_signals=True, log_observer=_log_observer(options))

@@ -52,10 +52,10 @@ def _canonical_name(text: str) -> str | None:
         return normalise_host(text.rstrip(".")) if text else None
 
 _TOP_KEYS = ["listener", "service", "http", "admin", "access", "shaper", "drain_timeout",
-             "splice"]
+             "splice", "workers"]
 #: Actions built in the loader itself: their value names another table.
 _TABLE_ACTIONS = ("http",)
-_GLOBAL_KEYS = ["drain_timeout", "splice"]
+_GLOBAL_KEYS = ["drain_timeout", "splice", "workers"]
 _SERVICE_KEYS = ["default", "route"]
 
 

@@ -240,6 +240,14 @@ class AdminConfig:
     )
 
 
+def _workers(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected a whole number of worker processes, e.g. 2")
+    if not 1 <= value <= 256:
+        raise ValueError("must be between 1 and 256")
+    return value
+
+
 @attrs.frozen
 class GlobalSettings:
     """Top-level keys (before any table)."""
@@ -261,6 +269,20 @@ class GlobalSettings:
         default=True,
         parse=expect(bool, "true or false"),
         shown="`true`",
+    )
+    workers: int | None = setting(
+        "Processes serving the listeners. With more than one, a supervising parent binds "
+        "every listener (also `systemd:` sockets) and starts this many workers that share "
+        "them; it restarts a worker that dies, forwards `SIGHUP` (a changed set of "
+        "listeners starts a new generation of workers while the old one drains) and "
+        "`SIGTERM`, logs each worker's lines with its name (`[gatekeep.connection#info "
+        "worker-N]`, JSON `\"worker\": N`), and serves `[admin]` with every worker's "
+        "metrics labelled `worker`. `1` runs everything in one process. Onion listeners "
+        "need `1` (with them the default is `1`). Without this key, `$GATEKEEP_WORKERS` "
+        "sets the default. See docs/operations.md, *Workers*.",
+        default=None,
+        parse=_workers,
+        shown="number of cores",
     )
 
 

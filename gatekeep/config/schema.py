@@ -31,7 +31,6 @@ REQUIRED = attrs.NOTHING
 #: yet, with the issue that brings them. Using one is an error that says so,
 #: rather than a setting silently ignored.
 PLANNED: Mapping[str, str] = {
-    "workers": "multi-core workers (issue 9)",
 }
 
 

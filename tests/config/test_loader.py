@@ -89,9 +89,15 @@ def test_unknown_top_level_key_suggests(registry: Registry) -> None:
     assert "did you mean 'listener'?" in error
 
 
-def test_planned_key_says_it_is_not_there_yet(registry: Registry) -> None:
-    error = one_error("workers = 2\n" + GOOD, registry)
-    assert error.startswith("workers: 'workers' belongs to multi-core workers (issue 9)")
+def test_workers_and_splice(registry: Registry) -> None:
+    assert load_config(GOOD, registry).settings.workers is None  # the number of cores
+    config = load_config("workers = 3\nsplice = false\n" + GOOD, registry)
+    assert (config.settings.workers, config.settings.splice) == (3, False)
+    assert one_error("workers = 0\n" + GOOD, registry).startswith(
+        "workers: must be between 1 and 256")
+    assert one_error('workers = "2"\n' + GOOD, registry).startswith(
+        "workers: expected a whole number of worker processes")
+    assert one_error("splice = 1\n" + GOOD, registry).startswith("splice: expected true or false")
 
 
 def test_unknown_listener_key(registry: Registry) -> None:

@@ -314,7 +314,8 @@ def start_http_echo(root: Path) -> HTTPEcho:
 # ---------------------------------------------------------------- gatekeep
 
 _CONNECTION = re.compile(
-    r"\[gatekeep\.connection#info\] (?P<client>\S+) (?P<listener>\S+) (?P<protocol>\S+)"
+    r"\[gatekeep\.connection#info(?: worker-\d+)?\] (?P<client>\S+) (?P<listener>\S+) "
+    r"(?P<protocol>\S+)"
     r"(?P<facts>.*?) route=(?P<route>\S+) backend=(?P<backend>\S+) in=(?P<bytes_in>\d+) "
     r"out=(?P<bytes_out>\d+) time=(?P<time>[0-9.]+)s close=(?P<close>.*)$")
 _FACT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')

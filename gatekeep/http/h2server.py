@@ -260,6 +260,7 @@ class H2Connection(Protocol):
         self.client_gate = Gate()
         self.client_paused = False
         self._closing = False
+        self._idle_timer: Any = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -268,6 +269,21 @@ class H2Connection(Protocol):
         transport.registerProducer(self, True)
         self.conn.initiate_connection()
         self.flush()
+        self._await_request()
+
+    def _await_request(self) -> None:
+        """With no stream open, a request must come within ``keepalive_timeout``."""
+        timeout = self.target.site.keepalive_timeout
+        if self._idle_timer is None and timeout is not None and not self._closing:
+            self._idle_timer = self.inbound.reactor.callLater(timeout, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if not self.streams and not self._closing:
+            self.inbound.record.close("keepalive_timeout")
+            self.conn.close_connection()
+            self.flush()
+            self._close()
 
     # the client transport's producer: a slow client pauses every backend
     def pauseProducing(self) -> None:
@@ -299,6 +315,8 @@ class H2Connection(Protocol):
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         self.unacknowledged.pop(stream_id, None)
+        if not self.streams:
+            self._await_request()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -330,10 +348,11 @@ class H2Connection(Protocol):
             if stream is not None and not stream.request_ended:
                 stream.ended()
         elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.closed = True
                 stream.exchange.client_gone()
+                self.forget(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             for stream in list(self.streams.values()):
                 stream.push()
@@ -349,6 +368,9 @@ class H2Connection(Protocol):
             self.inbound.record.close(f"bad HTTP/2 request: {refused}")
             self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         stream = self.streams[event.stream_id] = H2Stream(self, event.stream_id, head)
         stream.request_ended = ended
         stream.exchange.start()
@@ -364,6 +386,9 @@ class H2Connection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for stream in list(self.streams.values()):
             stream.closed = True
             stream.exchange.client_gone()

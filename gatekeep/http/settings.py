@@ -232,8 +232,8 @@ class HTTPSite:
         "How long a client connection may wait for its next request's head to arrive "
         "whole (from the connection's start, then from the end of each response); then "
         "it is closed. Guards against idle keep-alive connections and heads sent byte by "
-        "byte. `\"0s\"` turns it off.", default=75.0, parse=_optional_duration,
-        shown='"75s"')
+        "byte. HTTP/2: how long a connection may have no open stream. `\"0s\"` turns "
+        "it off.", default=75.0, parse=_optional_duration, shown='"75s"')
     response_timeout: float = setting(
         "How long to wait for a backend's response head once the request was sent; "
         "then `504`.", default=60.0, parse=_positive_duration, shown='"60s"')

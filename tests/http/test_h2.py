@@ -103,3 +103,20 @@ class HTTP2(SynchronousTestCase):
         conn.reset_stream(1)
         protocol.dataReceived(conn.data_to_send())
         self.assertTrue(backend_transport.disconnecting)
+
+    def test_a_connection_without_streams_is_closed_after_keepalive_timeout(self) -> None:
+        h = Harness(SITE)
+        conn = client()
+        request(conn, 1, b"/health")
+        protocol, transport = h.connect(conn.data_to_send())
+        h.reactor.advance(74)
+        self.assertFalse(transport.disconnecting)
+        request(conn, 3, b"/slow")
+        protocol.dataReceived(conn.data_to_send())
+        h.backend()
+        h.reactor.advance(60)  # a stream is open: no timeout
+        self.assertFalse(transport.disconnecting)
+        h.reactor.advance(76)  # that stream ended (504 at 60 s), then nothing for 75 s
+        self.assertTrue(transport.disconnecting)
+        events = conn.receive_data(transport.value())
+        self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in events))

@@ -34,6 +34,8 @@ from procs import Instance, StartError, free_port, log_tail, wait_listening
 from subjects import HttpBackend, twistd_path
 
 GATEKEEP_CONFIG = """\
+workers = 1                 # one process, against one nginx worker: a per-core comparison
+
 [[listener]]
 name = "bench"
 endpoint = "tcp:{port}:interface=127.0.0.1"

@@ -207,20 +207,27 @@ def value(name: str, **labels: str) -> float:
 
 
 def open_by_route() -> dict[tuple[str, str], int]:
-    """Open connections that have a route, per (listener, route)."""
+    """
+    Open connections that have a route, per (listener, route); a connection routed
+    inside ``terminate`` (``outer>inner``) counts for its listener's route, ``outer``.
+    """
     counts: dict[tuple[str, str], int] = {}
     for record, _, _ in _open.values():
         if record.route is not None:
-            key = (record.listener, record.route)
+            key = (record.listener, record.route.partition(">")[0])
             counts[key] = counts.get(key, 0) + 1
     return counts
 
 
 def connections_by_route() -> dict[tuple[str, str], int]:
-    """Finished connections per (listener, route), all protocols and outcomes."""
+    """
+    Finished connections per (listener, route), all protocols and outcomes; as in
+    :func:`open_by_route`, ``outer>inner`` counts for ``outer``.
+    """
     totals: dict[tuple[str, str], int] = {}
     for (listener, route, _protocol, _outcome), count in CONNECTIONS.values.items():
-        totals[listener, route] = totals.get((listener, route), 0) + int(count)
+        outer = route.partition(">")[0]
+        totals[listener, outer] = totals.get((listener, outer), 0) + int(count)
     return totals
 
 

@@ -295,3 +295,15 @@ class TerminateTests(SynchronousTestCase):
         # TLS records are bigger than the 8 bytes of plaintext: the wire is counted.
         self.assertGreater(record.bytes_out, 500)
         self.assertGreater(record.bytes_in, 200)
+
+    def test_status_counts_a_terminated_connection_for_its_outer_route(self) -> None:
+        client = MemoryClient("example.test", [b"h2"], ca=self.ca)
+        before = metrics.connections_by_route().get(("edge", "web"), 0)
+        open_before = metrics.open_by_route().get(("edge", "web"), 0)
+        protocol, _transport = self.connect(client)
+        assert protocol.record is not None
+        self.assertEqual(protocol.record.route, "web>h2")
+        self.assertEqual(metrics.open_by_route().get(("edge", "web")), open_before + 1)
+        with captured_log("gatekeep.connection"):
+            protocol.connectionLost(connectionDone)
+        self.assertEqual(metrics.connections_by_route().get(("edge", "web"), 0), before + 1)

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +33,7 @@ from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from
 from gatekeep.proxyproto import ProxyHeader
 from gatekeep.routing import Selection, select_route
 from gatekeep.shapers.shaping import ShaperSpec, Shaping
-from gatekeep.timeouts import Deadline, Timeouts, wheel_for
+from gatekeep.timeouts import Deadline, QueuedDeadline, Timeouts, deadlines_for, wheel_for
 from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
     ConnectionRecord,
@@ -127,7 +127,8 @@ class SniffingProtocol(Protocol):
         self.attached: Protocol | None = None
         self._buffer = bytearray()
         self._verdicts: dict[str, Verdict] = {}
-        self._deadline: IDelayedCall | None = None
+        #: The detect_timeout (one entry in the listener's queue of them).
+        self._deadline: QueuedDeadline | None = None
         self._client_eof = False
         # The PROXY preamble: still expected, from a trusted peer or not.
         self._preamble = False
@@ -168,7 +169,8 @@ class SniffingProtocol(Protocol):
                                     "trusted_proxies", "proxy_untrusted", signature=False))
                 return
             self._preamble = True
-            self._deadline = runtime.reactor.callLater(runtime.detect_timeout, self._timedOut)
+            self._deadline = deadlines_for(runtime.reactor, runtime.detect_timeout).callLater(
+                self._timedOut)
             return
         if self._admit():
             self._startDetecting()
@@ -204,8 +206,8 @@ class SniffingProtocol(Protocol):
         if not self.runtime.detectors:
             self._decide(final=True)
         elif self._deadline is None:
-            self._deadline = self.runtime.reactor.callLater(
-                self.runtime.detect_timeout, self._timedOut)
+            self._deadline = deadlines_for(self.runtime.reactor,
+                                           self.runtime.detect_timeout).callLater(self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.record is not None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import heapq
 import math
 import weakref
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -28,7 +30,17 @@ from twisted.logger import Logger
 from gatekeep.config.units import format_duration
 from gatekeep.values import ConnectionRecord
 
-__all__ = ["RESOLUTION", "Deadline", "Expiring", "Timeouts", "TimerWheel", "wheel_for"]
+__all__ = [
+    "RESOLUTION",
+    "Deadline",
+    "DeadlineQueue",
+    "Expiring",
+    "QueuedDeadline",
+    "Timeouts",
+    "TimerWheel",
+    "deadlines_for",
+    "wheel_for",
+]
 
 log = Logger()
 
@@ -117,6 +129,96 @@ def wheel_for(clock: Any) -> TimerWheel:
     if wheel is None:
         wheel = _wheels[clock] = TimerWheel(clock)
     return wheel
+
+
+class QueuedDeadline:
+    """One deadline of a :class:`DeadlineQueue`; ``cancel`` as for a ``DelayedCall``."""
+
+    __slots__ = ("callback", "queue", "when")
+
+    def __init__(self, queue: DeadlineQueue, when: float, callback: Callable[[], None]) -> None:
+        self.queue = queue
+        self.when = when
+        self.callback: Callable[[], None] | None = callback
+
+    def active(self) -> bool:
+        return self.callback is not None
+
+    def cancel(self) -> None:
+        if self.callback is not None:
+            self.callback = None
+            self.queue._cancelled()
+
+
+class DeadlineQueue:
+    """
+    Deadlines that all lie ``delay`` after they are set (a listener's
+    ``detect_timeout``): first set, first due, so a plain FIFO with one
+    ``DelayedCall`` for its head keeps them exact, at a few dozen bytes each
+    instead of a ``DelayedCall`` per connection. A cancelled deadline stays queued
+    (inert) until its time comes, or until no live one is left.
+    """
+
+    def __init__(self, clock: Any, delay: float) -> None:
+        self.clock = clock
+        self.delay = delay
+        self._entries: deque[QueuedDeadline] = deque()
+        self._live = 0
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return self._live
+
+    def callLater(self, callback: Callable[[], None]) -> QueuedDeadline:
+        """Call ``callback`` ``delay`` seconds from now, unless cancelled."""
+        entry = QueuedDeadline(self, self.clock.seconds() + self.delay, callback)
+        self._entries.append(entry)
+        self._live += 1
+        if self._call is None:
+            self._call = self.clock.callLater(self.delay, self._fire)
+        return entry
+
+    def _cancelled(self) -> None:
+        self._live -= 1
+        if self._live == 0:
+            # Nothing left to wait for: no timer, no inert entries.
+            self._entries.clear()
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        entries = self._entries
+        now = self.clock.seconds()
+        while entries and entries[0].when <= now:
+            entry = entries.popleft()
+            callback, entry.callback = entry.callback, None
+            if callback is not None:
+                self._live -= 1
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - one connection's bug must not stop the rest
+                    log.failure("a detect deadline failed")
+        while entries and entries[0].callback is None:
+            entries.popleft()
+        if entries and self._call is None:
+            self._call = self.clock.callLater(max(0.0, entries[0].when - now), self._fire)
+
+
+_queues: weakref.WeakKeyDictionary[Any, dict[float, DeadlineQueue]] = \
+    weakref.WeakKeyDictionary()
+
+
+def deadlines_for(clock: Any, delay: float) -> DeadlineQueue:
+    """The one queue of deadlines ``delay`` seconds ahead on ``clock``."""
+    queues = _queues.get(clock)
+    if queues is None:
+        queues = _queues[clock] = {}
+    queue = queues.get(delay)
+    if queue is None:
+        queue = queues[delay] = DeadlineQueue(clock, delay)
+    return queue
 
 
 class Deadline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
@@ -187,3 +189,68 @@ def test_record_deadline_ignores_unknown_transports() -> None:
     clock.advance(1.0)
     assert plain.closed
 
+
+
+class DeadlineQueueTests(SynchronousTestCase):
+    def test_exact_deadlines_on_one_delayed_call(self) -> None:
+        from gatekeep.timeouts import DeadlineQueue
+
+        clock = Clock()
+        queue = DeadlineQueue(clock, 5.0)
+        fired: list[tuple[int, float]] = []
+        entries = []
+
+        def firing(number: int) -> Callable[[], None]:
+            return lambda: fired.append((number, clock.seconds()))
+
+        for number in range(8):  # one every 0.25 s (exact in binary: no float drift)
+            entries.append(queue.callLater(firing(number)))
+            clock.advance(0.25)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        entries[1].cancel()
+        entries[2].cancel()
+        self.assertFalse(entries[1].active())
+        clock.advance(2.75)  # t = 4.75: nothing due yet
+        self.assertEqual(fired, [])
+        clock.advance(0.25)  # t = 5.0: the first one, exactly
+        self.assertEqual(fired, [(0, 5.0)])
+        clock.pump([0.25] * 7)
+        self.assertEqual([n for n, _ in fired], [0, *range(3, 8)])
+        self.assertEqual([when for _, when in fired], [5.0 + n * 0.25 for n, _ in fired])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(queue), 0)
+
+    def test_no_timer_left_when_every_deadline_is_cancelled(self) -> None:
+        from gatekeep.timeouts import deadlines_for
+
+        clock = Clock()
+        queue = deadlines_for(clock, 2.0)
+        self.assertIs(deadlines_for(clock, 2.0), queue)
+        self.assertIsNot(deadlines_for(clock, 3.0), queue)
+        first, second = queue.callLater(lambda: None), queue.callLater(lambda: None)
+        first.cancel()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        second.cancel()
+        second.cancel()  # twice is harmless
+        self.assertEqual(clock.getDelayedCalls(), [])
+        fired: list[float] = []
+        clock.advance(1)
+        queue.callLater(lambda: fired.append(clock.seconds()))
+        clock.advance(2)
+        self.assertEqual(fired, [3.0])
+
+    def test_a_raising_callback_does_not_stop_the_rest(self) -> None:
+        from gatekeep.timeouts import DeadlineQueue
+
+        clock = Clock()
+        queue = DeadlineQueue(clock, 1.0)
+        fired: list[int] = []
+
+        def boom() -> None:
+            raise RuntimeError("bug")
+
+        queue.callLater(boom)
+        queue.callLater(lambda: fired.append(1))
+        clock.advance(1)
+        self.assertEqual(fired, [1])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep.detectors.http import H2_PREFACE
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
 from gatekeep.http.upstream import Gate, Upstream, no_delay
@@ -70,6 +71,9 @@ class HTTP1Connection(Protocol):
         self._pumping = False
         self._again = False
         self._idle_timer: IDelayedCall | None = None
+        #: The first bytes, until they cannot be the HTTP/2 preface.
+        self._opening: bytearray | None = bytearray()
+        self.h2: Protocol | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -100,14 +104,36 @@ class HTTP1Connection(Protocol):
     # ------------------------------------------------------------ reading
 
     def dataReceived(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.dataReceived(data)
+            return
         if self.tunnel is not None:
             if self.tunnel.transport is not None:
                 self.tunnel.transport.write(data)
             return
         if self._closing:
             return
+        if self._opening is not None:
+            # HTTP/2 with prior knowledge on a route that detected nothing: its preface.
+            self._opening += data
+            if len(self._opening) < len(H2_PREFACE) and H2_PREFACE.startswith(self._opening):
+                return
+            data, self._opening = bytes(self._opening), None
+            if data.startswith(H2_PREFACE):
+                self._to_h2(data)
+                return
         self.reader.feed(data)
         self._pump()
+
+    def _to_h2(self, data: bytes) -> None:
+        from gatekeep.http.h2server import H2Connection
+
+        transport: Any = self.transport
+        self._stop_idle_timer()
+        transport.unregisterProducer()
+        self.h2 = H2Connection(self.target, self.inbound)
+        self.h2.makeConnection(transport)
+        self.h2.dataReceived(data)
 
     def _pump(self) -> None:
         if self._pumping:
@@ -314,6 +340,9 @@ class HTTP1Connection(Protocol):
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
+        if self.h2 is not None or self._opening:
+            self._close()
+            return
         if self.tunnel is not None:
             backend: Any = self.tunnel.transport
             if backend is not None:
@@ -328,6 +357,9 @@ class HTTP1Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self._stop_idle_timer()
+        if self.h2 is not None:
+            self.h2.connectionLost(reason)
+            return
         if self.exchange is not None:
             self.exchange.client_gone()
             self.exchange = None

@@ -120,3 +120,21 @@ class HTTP2(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         events = conn.receive_data(transport.value())
         self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in events))
+
+    def test_prior_knowledge_on_a_route_that_detected_nothing(self) -> None:
+        h = Harness(SITE, detect=False)
+        conn = client()
+        request(conn, 1, b"/health")
+        data = conn.data_to_send()
+        protocol, transport = h.connect(data[:5])  # the preface in pieces
+        protocol.dataReceived(data[5:30])
+        protocol.dataReceived(data[30:])
+        events = conn.receive_data(transport.value())
+        [response] = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        self.assertIn((b":status", b"200"), response.headers)
+
+    def test_http11_on_such_a_route_still_works(self) -> None:
+        h = Harness(SITE, detect=False)
+        protocol, transport = h.connect(b"G")
+        protocol.dataReceived(b"ET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))

@@ -14,13 +14,15 @@ from report import SubjectResult
 __all__ = ["check_logs", "log_lines"]
 
 _PROBLEM_LINES = {
-    "gatekeep": re.compile(r"#(error|critical)\]|Traceback|Unhandled|exceptions\.\w+Error"),
+    "gatekeep": re.compile(
+        r"#(error|critical)(?: worker-\d+)?\]|Traceback|Unhandled|exceptions\.\w+Error"),
     "haproxy": re.compile(r"\[(ALERT|WARNING)\]"),
     "nginx": re.compile(r"\[(emerg|alert|crit|error)\]"),
     "sslh": re.compile(r"^(?!.*\bstarted\b).+$"),
 }
-_GATEKEEP_CONN = re.compile(r"#info\] \S+ bench .* in=(\d+) out=(\d+) time=\S+ close=(.*)$")
-_GATEKEEP_WARN = re.compile(r"#warn\] (.*)$")
+_GATEKEEP_CONN = re.compile(
+    r"#info(?: worker-\d+)?\] \S+ bench .* in=(\d+) out=(\d+) time=\S+ close=(.*)$")
+_GATEKEEP_WARN = re.compile(r"#warn(?: worker-\d+)?\] (.*)$")
 
 
 def log_lines(instance: Instance) -> list[str]:

@@ -30,6 +30,7 @@ FIGURES = [
     Figure("rtt_p99", "ping-pong round trip p99", "us", False, 1),
     Figure("added_p50", "added latency p50 (minus direct)", "us", False, 1),
     Figure("added_p99", "added latency p99 (minus direct)", "us", False, 1),
+    Figure("rss_idle", "RSS per idle proxied connection", "KiB", False, 1),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 BULK_FIGURES = ["up1", "up4", "down1", "down4"]

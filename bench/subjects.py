@@ -13,6 +13,7 @@ Peers run with one thread / one worker process and without per-connection logs
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from idle import nofile_limit, raise_nofile
 from procs import (
     Instance,
     StartError,
@@ -32,7 +34,10 @@ from procs import (
     wait_listening,
 )
 
-__all__ = ["DEFAULT_SUBJECTS", "SUBJECTS", "HttpBackend", "Subject"]
+__all__ = ["CORES", "DEFAULT_SUBJECTS", "SUBJECTS", "HttpBackend", "Subject"]
+
+#: Workers/threads of the multi-core subjects: one per core.
+CORES = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Subject:
     start: Callable[[Path, int, int], Instance]
     #: Forks a process per connection: its CPU for short connections can't be sampled.
     forks_per_connection: bool = False
+    #: Most idle connections it can hold here (select() limits, a process per connection).
+    idle_max: int = 10000
 
 
 # --- direct ----------------------------------------------------------------------------
@@ -62,6 +69,8 @@ def _direct_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
 
 GATEKEEP_CONFIG = """\
 # bench: one listener; TLS -> tls route (a refusing port), anything else -> catch-all.
+workers = {workers}
+
 [[listener]]
 name = "bench"
 endpoint = "tcp:0:interface=127.0.0.1"
@@ -80,7 +89,7 @@ name = "backend"
 forward = {{ to = "tcp:127.0.0.1:{backend_port}" }}
 """
 
-_LISTENING = re.compile(r"listener bench listening on 127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"listener bench (?:listening on|bound to) 127\.0\.0\.1:(\d+)")
 
 
 def twistd_path() -> str | None:
@@ -128,27 +137,36 @@ def _gatekeep_available() -> str | None:
     return None
 
 
-def _gatekeep_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
-    twistd = twistd_path()
-    assert twistd is not None
-    config = workdir / "gatekeep.toml"
-    config.write_text(GATEKEEP_CONFIG.format(backend_port=backend_port, tls_port=tls_port))
-    # twistd -n logs to stdout (a --logfile would be rotated every megabyte).
-    log = fresh_path(workdir, "gatekeep", ".log")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "gatekeep", "--config", str(config)],
-            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = _LISTENING.search(log.read_text(errors="replace"))
-        if found:
-            return Instance("gatekeep", int(found.group(1)), process, log)
-        if process.poll() is not None:
-            raise StartError(f"gatekeep exited with code {process.returncode}{log_tail(log)}")
-        time.sleep(0.05)
-    process.kill()
-    raise StartError(f"gatekeep did not log 'listening' within 30s{log_tail(log)}")
+def _gatekeep_starter(name: str, workers: int) -> Callable[[Path, int, int], Instance]:
+    def start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
+        twistd = twistd_path()
+        assert twistd is not None
+        config = workdir / f"{name}.toml"
+        config.write_text(GATEKEEP_CONFIG.format(backend_port=backend_port, tls_port=tls_port,
+                                                 workers=workers))
+        # twistd -n logs to stdout (a --logfile would be rotated every megabyte).
+        log = fresh_path(workdir, name, ".log")
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", "gatekeep", "--config", str(config)],
+                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+                preexec_fn=raise_nofile)
+        ready = _LISTENING if workers == 1 else re.compile(
+            rf"all {workers} workers are serving")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            found = _LISTENING.search(text)
+            if found and ready.search(text):
+                return Instance(name, int(found.group(1)), process, log)
+            if process.poll() is not None:
+                raise StartError(f"gatekeep exited with code {process.returncode}"
+                                 f"{log_tail(log)}")
+            time.sleep(0.05)
+        process.kill()
+        raise StartError(f"gatekeep did not log 'listening' within 30s{log_tail(log)}")
+
+    return start
 
 
 # --- HAProxy ---------------------------------------------------------------------------
@@ -156,8 +174,8 @@ def _gatekeep_start(workdir: Path, backend_port: int, tls_port: int) -> Instance
 HAPROXY_CONFIG = """\
 # bench: TCP mode, content inspection like gatekeep's detection, one thread, no logs.
 global
-    nbthread 1
-    maxconn 4000
+    nbthread {threads}
+    maxconn {maxconn}
 
 defaults
     mode tcp
@@ -185,17 +203,19 @@ def _haproxy_available() -> str | None:
     return None if shutil.which("haproxy") else "haproxy not installed"
 
 
-def _haproxy_starter(name: str, options: str) -> Callable[[Path, int, int], Instance]:
+def _haproxy_starter(name: str, options: str, threads: int = 1,
+                     ) -> Callable[[Path, int, int], Instance]:
     def start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
         port = free_port()
         config = workdir / f"{name}.cfg"
         config.write_text(HAPROXY_CONFIG.format(
-            port=port, backend_port=backend_port, tls_port=tls_port, options=options))
+            port=port, backend_port=backend_port, tls_port=tls_port, options=options,
+            threads=threads, maxconn=max(4000, (nofile_limit() - 200) // 2)))
         log = fresh_path(workdir, name, ".log")
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 ["haproxy", "-db", "-f", str(config)], stdout=sink, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
         try:
             wait_listening(port, process, 15, log)
         except StartError:
@@ -215,9 +235,10 @@ NGINX_STREAM_CONFIG = """\
 load_module {module};
 daemon off;
 worker_processes 1;
+worker_rlimit_nofile 65536;
 pid {workdir}/nginx-stream.pid;
 error_log {log} notice;
-events {{ worker_connections 8192; }}
+events {{ worker_connections 30000; }}
 
 stream {{
     upstream plain {{ server 127.0.0.1:{backend_port}; }}
@@ -257,7 +278,8 @@ def _nginx_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
     with out.open("wb") as sink:
         process = subprocess.Popen(
             ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(log)],
-            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=raise_nofile)
     try:
         wait_listening(port, process, 15, log)
     except StartError:
@@ -308,7 +330,8 @@ def _sslh_starter(flavour: str) -> Callable[[Path, int, int], Instance]:
         with log.open("wb") as sink:
             # -F takes the file name with no space.
             process = subprocess.Popen([binary, f"-F{config}"], stdout=sink,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       preexec_fn=raise_nofile)
         try:
             wait_listening(port, process, 15, log)
         except StartError:
@@ -337,24 +360,32 @@ def _sslh_available(flavour: str) -> Callable[[], str | None]:
 SUBJECTS: dict[str, Subject] = {s.name: s for s in [
     Subject("direct", "client straight to the backend, no proxy",
             lambda: "-", lambda: None, _direct_start),
-    Subject("gatekeep", "twistd gatekeep, 1 process, plain Twisted relay (epoll reactor)",
-            _gatekeep_version, _gatekeep_available, _gatekeep_start),
+    Subject("gatekeep", "twistd gatekeep, workers = 1 (one process), splice relay",
+            _gatekeep_version, _gatekeep_available, _gatekeep_starter("gatekeep", 1)),
+    Subject(f"gatekeep-{CORES}", f"twistd gatekeep, workers = {CORES} (parent + {CORES} "
+            "processes)", _gatekeep_version, _gatekeep_available,
+            _gatekeep_starter(f"gatekeep-{CORES}", CORES)),
     Subject("haproxy", "HAProxy mode tcp, inspect-delay + req.ssl_hello_type, nbthread 1",
             lambda: run_version(["haproxy", "-v"]), _haproxy_available,
             _haproxy_starter("haproxy", "")),
+    Subject(f"haproxy-{CORES}", f"as haproxy, nbthread {CORES}",
+            lambda: run_version(["haproxy", "-v"]), _haproxy_available,
+            _haproxy_starter(f"haproxy-{CORES}", "", CORES)),
     Subject("nginx", "nginx stream + ssl_preread, 1 worker",
             lambda: run_version(["nginx", "-v"]), _nginx_available, _nginx_start),
     Subject("sslh-select", "sslh-select, tls probe then anyprot",
-            _sslh_version("select"), _sslh_available("select"), _sslh_starter("select")),
+            _sslh_version("select"), _sslh_available("select"), _sslh_starter("select"),
+            idle_max=400),
     Subject("sslh-fork", "sslh-fork (one process per connection), tls probe then anyprot",
             _sslh_version("fork"), _sslh_available("fork"), _sslh_starter("fork"),
-            forks_per_connection=True),
+            forks_per_connection=True, idle_max=300),
     Subject("haproxy-splice", "as haproxy, plus `option splice-auto` (not in the default set)",
             lambda: run_version(["haproxy", "-v"]), _haproxy_available,
             _haproxy_starter("haproxy-splice", "    option splice-auto\n")),
 ]}
 
-DEFAULT_SUBJECTS = ["direct", "gatekeep", "haproxy", "nginx", "sslh-select", "sslh-fork"]
+DEFAULT_SUBJECTS = ["direct", "gatekeep", f"gatekeep-{CORES}", "haproxy", f"haproxy-{CORES}",
+                    "nginx", "sslh-select", "sslh-fork"]
 
 
 # --- the HTTP backend for the connection-rate test --------------------------------------

@@ -48,7 +48,12 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     for row in rows:
         if not row.startswith("added latency"):
             assert re.search(r"\d+\.\d\dx$", row), row  # gatekeep's column holds a ratio
-    assert "target: gatekeep bulk >= 0.35x HAProxy:" in done.stdout, output
+    for target in ("target: gatekeep bulk >= 0.9x HAProxy:",
+                   "target: gatekeep CPU/GiB <= 1.5x HAProxy:",
+                   "target: gatekeep conn/s >= 0.5x haproxy (same workers/threads):",
+                   "target: gatekeep added p99 latency <= 2x HAProxy:",
+                   "target: gatekeep <= 10 KiB RSS per idle connection:"):
+        assert target in done.stdout, output
 
     # The JSON holds every subject's figures, and gatekeep and HAProxy ran without errors.
     import json
@@ -58,6 +63,7 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     assert document["errors"] == []
     for name in ("gatekeep", "haproxy"):
         figures = document["subjects"][name]["figures"]
-        for key in ("up1", "up4", "down1", "down4", "cpu_per_gib", "conn_rate", "rtt_p50"):
+        for key in ("up1", "up4", "down1", "down4", "cpu_per_gib", "conn_rate", "rtt_p50",
+                    "rss_idle"):
             assert isinstance(figures[key], float), (name, key, figures)
     assert document["ratios_vs_haproxy"]["gatekeep"]["up1"] > 0

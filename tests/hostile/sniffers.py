@@ -26,9 +26,17 @@ from gatekeep.detectors.tls import TLSDetector
 from gatekeep.detectors.xmpp import XMPPDetector
 from gatekeep.interfaces import IDetector
 from gatekeep.preamble import Done, Refuse, Step, Waiting, step
+from gatekeep.sniff import run_detectors
 from gatekeep.values import FactValue, Match, NeedMore, NoMatch, Verdict
 
-__all__ = ["NAME_FACTS", "SNIFFERS", "Sniffer", "check_fact_text", "mqtt_detector"]
+__all__ = [
+    "NAME_FACTS",
+    "SNIFFERS",
+    "Sniffer",
+    "chain_verdict",
+    "check_fact_text",
+    "mqtt_detector",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -151,6 +159,18 @@ def check_fact_text(key: str, value: FactValue) -> None:
             assert len(item) <= 253, (key, item)
             assert (_NAME.fullmatch(item) or _IPV4.fullmatch(item)
                     or (":" in item and _IPV6.fullmatch(item))), (key, item)
+
+
+def chain_verdict(detector: IDetector, chunks: list[bytes]) -> Verdict:
+    """The verdict the chain reaches when the bytes arrive in ``chunks``, then EOF."""
+    detectors = {detector.name: detector}
+    verdicts: dict[str, Verdict] = {}
+    received = b""
+    for chunk in chunks:
+        received += chunk
+        run_detectors(detectors, received, verdicts, final=False)
+    run_detectors(detectors, received, verdicts, final=True)
+    return verdicts[detector.name]
 
 
 def check_verdict_text(verdict: Verdict) -> None:

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 
 from gatekeep.detectors._clienthello import Rejected, parse_client_hello
 from gatekeep.detectors.tls import TLSDetector
-from gatekeep.sniff import run_detectors
-from gatekeep.values import Match, Verdict
+from gatekeep.values import Match
 from tests.detectors._protocol_fixtures import EDITS, mutate
 from tests.detectors._tls_helpers import fixtures, handshake_of, openssl_view, records
 from tests.hostile.harness import rss_kib, start_gatekeep
@@ -36,6 +35,7 @@ from tests.hostile.hellos import (
     s_client_hello,
 )
 from tests.hostile.properties import fast_and_full
+from tests.hostile.sniffers import chain_verdict
 
 LABEL = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1,
                 max_size=20)
@@ -74,21 +74,10 @@ def framed(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return data, segments
 
 
-def chain_verdict(segments: list[bytes]) -> Verdict:
-    detectors = {"tls": TLSDetector()}
-    verdicts: dict[str, Verdict] = {}
-    received = b""
-    for segment in segments:
-        received += segment
-        run_detectors(detectors, received, verdicts, final=False)
-    run_detectors(detectors, received, verdicts, final=True)
-    return verdicts["tls"]
-
-
 @fast_and_full(framed(), share=4)
 def _agree(case: tuple[bytes, list[bytes]]) -> None:
     data, segments = case
-    verdict = chain_verdict(segments)
+    verdict = chain_verdict(TLSDetector(), segments)
     seen = openssl_view(data)
     assert isinstance(verdict, Match), verdict
     if not seen.server_hello and seen.sni is None and not seen.alpn:
@@ -113,7 +102,7 @@ def test_s_client_hellos_split_every_way(extra: tuple[str, ...]) -> None:
         seen = openssl_view(data)
         for step in (1, 7, 100, len(data)):
             segments = [data[i:i + step] for i in range(0, len(data), step)]
-            verdict = chain_verdict(segments)
+            verdict = chain_verdict(TLSDetector(), segments)
             assert isinstance(verdict, Match)
             assert verdict.facts["sni"] == expected_sni(seen.sni) == "xmpp.example.org"
             assert verdict.facts["alpn"] == expected_alpn(seen.alpn) == ("xmpp-client", "h2")

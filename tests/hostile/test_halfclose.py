@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
-from tests.hostile.backend import payload
+from tests.hostile.backend import payload, read_all, send
 from tests.hostile.harness import start_backend, start_gatekeep
 from tests.tlscerts import make_ca
 
@@ -58,21 +58,6 @@ PATHS = {
 }
 
 
-async def read_all(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
-    while chunk := await reader.read(1 << 18):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
-    for start in range(0, len(data), 1 << 18):
-        writer.write(data[start:start + (1 << 18)])
-        await writer.drain()
-    writer.write_eof()
-    await writer.drain()
-
-
 async def one_case(port: int, ident: int, client_bytes: int, backend_bytes: int,
                    first: str) -> str | None:
     """Run one exchange; None if the client got exactly the backend's bytes."""
@@ -82,13 +67,13 @@ async def one_case(port: int, ident: int, client_bytes: int, backend_bytes: int,
     try:
         writer.write(f"HALF {ident} {client_bytes} {backend_bytes} {first} {seed}\n".encode())
         if first == "client":
-            await send(writer, mine)
+            await send(writer, mine, close=False)
             got = await read_all(reader)
         elif first == "backend":
             got = await read_all(reader)
-            await send(writer, mine)
+            await send(writer, mine, close=False)
         else:
-            sending = asyncio.ensure_future(send(writer, mine))
+            sending = asyncio.ensure_future(send(writer, mine, close=False))
             got = await read_all(reader)
             await sending
     finally:

@@ -34,6 +34,15 @@ __all__ = ["HTTP1Connection", "is_tls"]
 PIPELINE_LIMIT: Final = 64 * 1024
 
 
+def _half_close(transport: Any) -> None:
+    """Stop writing to a tunnel's backend after its buffer drains (or close, if it can't)."""
+    lose_write = getattr(transport, "loseWriteConnection", None)
+    if lose_write is not None:
+        lose_write()
+    else:
+        transport.loseConnection()
+
+
 def is_tls(transport: Any) -> bool:
     """Whether gatekeep itself decrypted this connection (terminate, or any TLS transport)."""
     from OpenSSL import SSL
@@ -288,7 +297,7 @@ class HTTP1Connection(Protocol):
         if trailing:
             self._write(bytes(trailing))
         if self._client_eof:
-            backend.loseWriteConnection()
+            _half_close(backend)
         return True
 
     def _from_tunnel(self, data: bytes) -> None:
@@ -347,7 +356,7 @@ class HTTP1Connection(Protocol):
             backend: Any = self.tunnel.transport
             if backend is not None:
                 backend.unregisterProducer()
-                backend.loseWriteConnection()
+                _half_close(backend)
             return
         self._pump()
 

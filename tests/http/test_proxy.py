@@ -216,6 +216,13 @@ class Proxied(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"GET / HTTP/1.1\r\n"))
         backend.dataReceived(b"\x88\x00")
         self.assertTrue(client.value().endswith(b"\x88\x00"))
+        protocol.readConnectionLost()  # the client half-closes: so does gatekeep, towards it
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(client.disconnecting)
+        backend.dataReceived(b"last words")
+        self.assertTrue(client.value().endswith(b"last words"))
+        backend.connectionLost(Failure(connectionDone.value))
+        self.assertTrue(client.disconnecting)
 
 
 class Limits(SynchronousTestCase):

@@ -247,8 +247,8 @@ class CertificateStore:
     #: Everything loaded, in precedence order (explicit pairs, directory, default).
     loaded: tuple[KeyPair, ...] = ()
     default_pair: KeyPair | None = None
-    _exact: dict[str, KeyPair] = attrs.field(factory=dict, repr=False)
-    _wild: dict[str, KeyPair] = attrs.field(factory=dict, repr=False)
+    _exact: dict[str, list[KeyPair]] = attrs.field(factory=dict, repr=False)
+    _wild: dict[str, list[KeyPair]] = attrs.field(factory=dict, repr=False)
     _stamps: tuple[tuple[str, int, int, int], ...] = attrs.field(default=(), repr=False)
     _checked: float | None = attrs.field(default=None, repr=False)
     generation: int = 0
@@ -285,14 +285,14 @@ class CertificateStore:
         return []
 
     def _index(self, loaded: list[KeyPair], default: KeyPair | None) -> None:
-        exact: dict[str, KeyPair] = {}
-        wild: dict[str, KeyPair] = {}
+        exact: dict[str, list[KeyPair]] = {}
+        wild: dict[str, list[KeyPair]] = {}
         for pair in [*loaded, *([default] if default is not None else [])]:
             for name in pair.names:
                 if name.startswith("*."):
-                    wild.setdefault(name[2:], pair)
+                    wild.setdefault(name[2:], []).append(pair)
                 else:
-                    exact.setdefault(name, pair)
+                    exact.setdefault(name, []).append(pair)
         self.loaded = (*loaded, *([default] if default is not None else []))
         self.default_pair = default if default is not None else loaded[0]
         self._exact, self._wild = exact, wild
@@ -334,17 +334,27 @@ class CertificateStore:
 
     def find(self, name: str | None, strict: bool) -> KeyPair | None:
         """The pair for an SNI name: exact, then wildcard, then (not strict) the default."""
+        found = self.find_all(name, strict)
+        return found[0] if found else None
+
+    def find_all(self, name: str | None, strict: bool) -> tuple[KeyPair, ...]:
+        """
+        The pairs to offer for an SNI name: the first that fits (exact, then wildcard,
+        then the default), and beside it the first of each other key type for the same
+        name, so that OpenSSL serves ECDSA to clients that take it and RSA to the rest.
+        """
         if name:
             name = name.rstrip(".").lower()
-            pair = self._exact.get(name)
-            if pair is not None:
-                return pair
+            candidates = self._exact.get(name)
+            if candidates:
+                return _one_per_kind(candidates)
             parent = name.partition(".")[2]
-            if parent:
-                pair = self._wild.get(parent)
-                if pair is not None:
-                    return pair
-        return None if strict else self.default_pair
+            candidates = self._wild.get(parent) if parent else None
+            if candidates:
+                return _one_per_kind(candidates)
+        if strict or self.default_pair is None:
+            return ()
+        return (self.default_pair,)
 
     def describe(self) -> str:
         parts = []
@@ -354,6 +364,21 @@ class CertificateStore:
         if self.default is not None:
             parts.append(f"default {self.default.cert}")
         return ", ".join(parts)
+
+
+def _key_kind(pair: KeyPair) -> str:
+    if isinstance(pair.key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(pair.key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    return type(pair.key).__name__
+
+
+def _one_per_kind(candidates: list[KeyPair]) -> tuple[KeyPair, ...]:
+    chosen: dict[str, KeyPair] = {}
+    for pair in candidates:
+        chosen.setdefault(_key_kind(pair), pair)
+    return tuple(chosen.values())  # the first candidate's kind comes first
 
 
 def warn_expiry(pairs: Iterable[KeyPair], now: datetime.datetime) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
@@ -169,7 +170,8 @@ class TerminateTarget:
     certificates: str | None = setting(
         "Directory of certificates: combined `NAME.pem` files (the chain, leaf first, and "
         "the private key), `NAME.crt` + `NAME.key` pairs, or certbot's `NAME/fullchain.pem` "
-        "+ `NAME/privkey.pem` (point it at `/etc/letsencrypt/live`). RSA and ECDSA keys. "
+        "+ `NAME/privkey.pem` (point it at `/etc/letsencrypt/live`). RSA and ECDSA keys; "
+        "with one of each for a name, clients that take ECDSA get it and others RSA. "
         "The names served come from each leaf's subjectAltName DNS entries.",
         default=None, parse=_path, shown="none",
     )
@@ -228,8 +230,9 @@ class TerminateTarget:
     store: CertificateStore = attrs.field(init=False, repr=False)
     inner: Service | None = attrs.field(default=None, init=False, repr=False)
     detectors: Mapping[str, IDetector] = attrs.field(factory=dict, init=False, repr=False)
-    _contexts: weakref.WeakKeyDictionary[KeyPair, SSL.Context] = attrs.field(
-        factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    _contexts: dict[tuple[KeyPair, ...], SSL.Context] = attrs.field(
+        factory=dict, init=False, repr=False)
+    _generation: int = attrs.field(default=0, init=False, repr=False)
     _factories: weakref.WeakKeyDictionary[Any, TLSMemoryBIOFactory] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
@@ -251,7 +254,7 @@ class TerminateTarget:
                              + ": " + "; ".join(str(p) for p in problems))
         warn_expiry(self.store.loaded, datetime.datetime.now(datetime.UTC))
         for pair in self.store.loaded:
-            self.context(pair)  # OpenSSL's own checks, at load time
+            self.context((pair,))  # OpenSSL's own checks, at load time
 
     # ------------------------------------------------------------ wiring by the loader
 
@@ -266,8 +269,15 @@ class TerminateTarget:
 
     # ------------------------------------------------------------ TLS
 
-    def context(self, pair: KeyPair) -> SSL.Context:
-        context = self._contexts.get(pair)
+    def context(self, pairs: tuple[KeyPair, ...]) -> SSL.Context:
+        """
+        The OpenSSL context serving ``pairs`` (one per key type: OpenSSL keeps an RSA
+        and an ECDSA certificate side by side and picks by what the client supports).
+        """
+        if self._generation != self.store.generation:
+            self._contexts.clear()  # drop contexts of certificates replaced on disk
+            self._generation = self.store.generation
+        context = self._contexts.get(pairs)
         if context is not None:
             return context
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -278,14 +288,20 @@ class TerminateTarget:
                             | SSL.OP_NO_RENEGOTIATION)
         if self.ciphers is not None:
             context.set_cipher_list(self.ciphers.encode("ascii"))
-        try:
-            context.use_certificate(pair.leaf)
+        extras: dict[bytes, Any] = {}
+        for pair in pairs:
+            try:
+                context.use_certificate(pair.leaf)
+                context.use_privatekey(pair.key)
+                context.check_privatekey()
+            except SSL.Error as error:
+                raise ValueError(f"{pair.source}: OpenSSL refuses it: {error}") from None
             for extra in pair.chain[1:]:
-                context.add_extra_chain_cert(extra)
-            context.use_privatekey(pair.key)
-            context.check_privatekey()
-        except SSL.Error as error:
-            raise ValueError(f"{pair.source}: OpenSSL refuses it: {error}") from None
+                extras.setdefault(extra.fingerprint(hashes.SHA256()), extra)
+        # The chain certificates are shared by every key type of the context (pyOpenSSL
+        # has no per-certificate chain): a client may get an unneeded intermediate.
+        for extra in extras.values():
+            context.add_extra_chain_cert(extra)
         if self.alpn:
             context.set_alpn_select_callback(
                 _alpn_chooser(tuple(p.encode() for p in self.alpn)))
@@ -295,7 +311,7 @@ class TerminateTarget:
         context.set_verify(_VERIFY[self.client_certificates])
         # Session resumption across contexts of one route (needed with client certs).
         context.set_session_id(b"gatekeep-terminate")
-        self._contexts[pair] = context
+        self._contexts[pairs] = context
         return context
 
     def factory(self, reactor: Any) -> TLSMemoryBIOFactory:
@@ -311,13 +327,13 @@ class TerminateTarget:
 
         self.store.refresh(inbound.reactor.seconds())
         sni = _sni(inbound)
-        pair = self.store.find(sni, self.strict_sni)
-        if pair is None:
+        pairs = self.store.find_all(sni, self.strict_sni)
+        if not pairs:
             metrics.tls_handshake(inbound.listener, inbound.route.name, "unrecognized_name")
             why = f"no certificate for SNI {sni}" if sni else "no SNI (strict_sni)"
             return Refusal(failure_bytes("tls", {}, "refused"), why, inbound)
         inbound.record.backend = f"terminate>{self.service}"
-        return TerminatingProtocol(self, inbound, self.context(pair), sni)
+        return TerminatingProtocol(self, inbound, self.context(pairs), sni)
 
     def describe(self) -> str:
         count = len(self.store.loaded)

@@ -63,10 +63,13 @@ class MemoryClient:
     """A TLS client on memory BIOs, pumped by hand against gatekeep's chain."""
 
     def __init__(self, sni: str | None, alpn: Sequence[bytes] = (), ca: CA | None = None,
-                 cert: Any = None, max_version: int | None = None) -> None:
+                 cert: Any = None, max_version: int | None = None,
+                 ciphers: bytes | None = None) -> None:
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         if max_version is not None:
             context.set_max_proto_version(max_version)
+        if ciphers is not None:
+            context.set_cipher_list(ciphers)
         if alpn:
             context.set_alpn_protos(list(alpn))
         if ca is not None:
@@ -307,3 +310,19 @@ class TerminateTests(SynchronousTestCase):
         with captured_log("gatekeep.connection"):
             protocol.connectionLost(connectionDone)
         self.assertEqual(metrics.connections_by_route().get(("edge", "web"), 0), before + 1)
+
+    def test_rsa_and_ecdsa_for_one_name_each_client_gets_what_it_takes(self) -> None:
+        self.ca.leaf("dual.test", kind="rsa", common_name="dual-rsa").write_combined(
+            self.dir / "dual-rsa.pem")
+        self.ca.leaf("dual.test", common_name="dual-ecdsa").write_combined(
+            self.dir / "dual-ecdsa.pem")
+        modern = MemoryClient("dual.test", ca=self.ca)
+        self.connect(modern)
+        self.assertIsNone(modern.error)
+        self.assertEqual(self.served_name(modern), "CN=dual-ecdsa")
+        # A TLS 1.2 client that only has an RSA key exchange cipher gets the RSA one.
+        rsa_only = MemoryClient("dual.test", ca=self.ca, max_version=SSL.TLS1_2_VERSION,
+                                ciphers=b"ECDHE-RSA-AES128-GCM-SHA256")
+        self.connect(rsa_only)
+        self.assertIsNone(rsa_only.error)
+        self.assertEqual(self.served_name(rsa_only), "CN=dual-rsa")

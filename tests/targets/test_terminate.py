@@ -326,3 +326,24 @@ class TerminateTests(SynchronousTestCase):
         self.connect(rsa_only)
         self.assertIsNone(rsa_only.error)
         self.assertEqual(self.served_name(rsa_only), "CN=dual-rsa")
+
+    def test_client_certificates_optional(self) -> None:
+        ca_file = self.ca.write(self.dir.parent / "clients.pem")
+        terminate = (f'certificates = "{self.dir}", client_certificates = "optional", '
+                     f'client_ca = "{ca_file}"')
+        without = MemoryClient("example.test", ca=self.ca)
+        protocol, _ = self.connect(without, terminate)
+        self.assertIsNone(without.error)
+        assert protocol.record is not None
+        self.assertNotIn("client_cert", protocol.record.facts)
+        with_cert = MemoryClient("example.test", ca=self.ca,
+                                 cert=self.ca.leaf(common_name="bob", client=True))
+        protocol, _ = self.connect(with_cert, terminate)
+        assert protocol.record is not None
+        self.assertEqual(protocol.record.facts["client_cert"], "bob")
+        stranger = MemoryClient("example.test", ca=self.ca,
+                                cert=make_ca("elsewhere").leaf(common_name="eve", client=True))
+        protocol, _ = self.connect(stranger, terminate)
+        with captured_log("gatekeep.connection") as events:
+            protocol.connectionLost(connectionDone)
+        self.assertIn("certificate", events[0]["close_reason"])

@@ -3,11 +3,13 @@ Slowloris: 5,000 connections that stall or trickle one byte a second (an HTTP he
 TLS ClientHello, an XMPP header that never end) are all closed within the detect
 deadline + 1 s (a total deadline, not an idle timer), while a legitimate client's
 requests keep a p99 latency of at most 250 ms with none failing, and gatekeep's memory
-stays bounded.
+stays bounded. And on the HTTP proxy: 300 clients that send a good request, then
+trickle the next request's head, are closed at ``keepalive_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.harness import raise_nofile, rss_kib, start_backend, start_gatekeep
+from tests.integration.peers import start_http_echo
 
 pytestmark = pytest.mark.slow
 
@@ -126,4 +129,71 @@ def test_slowloris(tmp_path: Path) -> None:
     finally:
         gatekeep.stop()
         backend.stop()
+    assert not gatekeep.problems(), gatekeep.problems()[:10]
+
+
+# ------------------------------------------------------------------ keep-alive slowloris
+
+SITE = """
+[[listener]]
+name = "web"
+endpoint = "tcp:0:interface=127.0.0.1:backlog=1024"
+service = "web"
+[service.web]
+[[service.web.route]]
+name = "site"
+http = "site"
+
+[http.site]
+keepalive_timeout = "{timeout}s"
+[[http.site.route]]
+name = "all"
+to = "tcp:127.0.0.1:{port}"
+"""
+KEEPALIVE = 2.0
+KEEPALIVE_CLIENTS = 300
+
+
+async def _kept_alive(port: int) -> float | None:
+    """One good request, then a next head trickled; seconds from the answer to the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /first HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        answered = asyncio.get_running_loop().time()
+        for byte in b"GET /second HTTP/1.1\r\nHost: a.example\r\nX: " + b"y" * 100:
+            writer.write(bytes([byte]))
+            try:
+                if not await asyncio.wait_for(reader.read(4096), 0.3):
+                    return asyncio.get_running_loop().time() - answered
+            except TimeoutError:
+                continue
+        return None
+    except ConnectionError:
+        return asyncio.get_running_loop().time() - answered
+    finally:
+        writer.close()
+
+
+async def _kept_alive_all(port: int) -> list[float | None]:
+    return list(await asyncio.gather(*(_kept_alive(port) for _ in range(KEEPALIVE_CLIENTS))))
+
+
+def test_slowloris_on_a_kept_alive_http_connection(tmp_path: Path) -> None:
+    """The next request's head trickled after a good one: closed at keepalive_timeout."""
+    echo = start_http_echo(tmp_path / "echo")
+    gatekeep = start_gatekeep(tmp_path / "gk", SITE.format(timeout=KEEPALIVE, port=echo.port),
+                              ["web"])
+    try:
+        closed = asyncio.run(_kept_alive_all(gatekeep.port("web")))
+        times = [t for t in closed if t is not None]
+        print(f"keep-alive slowloris: {len(times)}/{KEEPALIVE_CLIENTS} closed, slowest "
+              f"{max(times, default=0):.2f}s after its answer (keepalive_timeout {KEEPALIVE}s)")
+        assert len(times) == KEEPALIVE_CLIENTS
+        assert max(times) <= KEEPALIVE + 1.0
+    finally:
+        gatekeep.stop()
+        echo.peer.stop()
     assert not gatekeep.problems(), gatekeep.problems()[:10]

@@ -86,3 +86,24 @@ class InnerAccessTests(SynchronousTestCase):
                                        reason="access:inside"), before + 1)
         self.assertEqual(self.request("10.1.2.3", "admin.example.test")[0], b"admin")
         self.assertEqual(self.request("198.51.100.4", "www.example.test")[0], b"site")
+
+    def test_the_inner_chain_shares_the_outer_shaping(self) -> None:
+        from gatekeep.shapers.bucket import TokenBucket
+        from gatekeep.shapers.shaping import ShaperSpec
+        from gatekeep.targets._inner import InnerSniffer
+        from gatekeep.values import ConnectionRecord, Inbound
+
+        route = self.runtime.service.routes[0]
+        shaping = ShaperSpec("s", "connection", lambda: TokenBucket(rate=1.0)).open(
+            "inner-access", "10.0.0.1", self.reactor)
+        outer = Inbound(
+            listener="inner-access", client=IPv4Address("TCP", "10.0.0.1", 1),
+            server=IPv4Address("TCP", "127.0.0.1", 443), transport=StringTransport(),
+            detector="tls", facts={}, prefix=b"", route=route,
+            record=ConnectionRecord("inner-access", "10.0.0.1:1", 0.0), reactor=self.reactor,
+            shaping=shaping, guard=self.guard)
+        inner = InnerSniffer(route.target, outer, "example.test")  # type: ignore[arg-type]
+        self.assertIs(inner._shaping, shaping)
+        assert inner.runtime.guard is not None
+        self.assertIs(inner.runtime.guard.state, self.guard.state)
+        self.assertFalse(inner.runtime.guard.active)  # no listener rule or limits again

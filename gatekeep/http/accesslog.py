@@ -4,7 +4,8 @@ The per-request access log: the combined format, then the upstream time.
     203.0.113.7 - - [06/Dec/2026:23:10:00 +0000] "GET /_matrix/client/versions HTTP/1.1"
         200 1234 "-" "curl/7.88.1" 0.004
 
-(one line in the file)
+(one line in the file). A request refused before its head could be read (400 for a
+malformed or smuggling head) is logged with ``"-"`` as its request line.
 
 The address is the real client's (a trusted PROXY header's source, if any); the
 last field is the seconds from the backend connection being asked for to the
@@ -36,7 +37,8 @@ def combined_line(
     size: int, referer: bytes | None, agent: bytes | None, upstream: float | None,
 ) -> str:
     stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(when))
-    request = f"{_quoted(method)} {_quoted(target)} HTTP/{version.decode('ascii')}"
+    request = (f"{_quoted(method)} {_quoted(target)} HTTP/{version.decode('ascii')}"
+               if method else "-")  # no method: a request refused before its head was read
     upstream_text = "-" if upstream is None else f"{upstream:.3f}"
     return (f'{client} - - [{stamp}] "{request}" {status} {size} "{_quoted(referer)}" '
             f'"{_quoted(agent)}" {upstream_text}\n')

@@ -18,8 +18,11 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatekeep.addresses import format_address
 from gatekeep.detectors.http import H2_PREFACE
+from gatekeep.http.accesslog import combined_line
 from gatekeep.http.exchange import Exchange
+from gatekeep.http.forwarding import client_ip
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
 from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
@@ -210,6 +213,12 @@ class HTTP1Connection(Protocol):
         self.inbound.record.close(f"bad request: {bad.reason}")
         exchange = self.exchange
         if exchange is None:
+            access = self.target.access_log
+            if access is not None:
+                client = self.inbound.client
+                access.write(combined_line(
+                    client_ip(client) or format_address(client), self.inbound.reactor.seconds(),
+                    b"", b"", b"", bad.status, 0, None, None, None))
             body = simple_body(bad.status, bad.reason)
             self._write(response_head(bad.status, reason_of(bad.status), [
                 (b"Content-Type", b"text/plain; charset=utf-8"),

@@ -123,3 +123,14 @@ class Proxy(SynchronousTestCase):
             self.assertTrue(client.value().startswith(b"HTTP/1.1 400 "), name)
             self.assertTrue(client.disconnecting, name)
             self.assertTrue(transport.disconnecting, name)
+
+
+class AccessLogged(SynchronousTestCase):
+    def test_a_refused_head_has_its_access_log_line(self) -> None:
+        log = self.mktemp()
+        h = Harness(SITE.replace("[http.site]\n", f'[http.site]\naccess_log = "{log}"\n'))
+        h.connect(BAD_HEADS["cl-te"])
+        h.target.access_log.close()  # type: ignore[union-attr]
+        with open(log, encoding="utf-8") as lines:
+            [line] = lines.read().splitlines()
+        self.assertRegex(line, r'^198\.51\.100\.4 - - \[[^]]+\] "-" 400 0 "-" "-" -$')

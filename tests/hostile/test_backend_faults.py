@@ -6,6 +6,8 @@ Backend faults: a backend that refuses, one that dies mid-stream, one that black
   reverse proxy answers 502 too.
 - Dies mid-stream (the scripted backend sends, then resets): the client sees the
   close within 1 s, downloading or uploading.
+- The same through ``terminate``: a refused or dying backend closes the TLS client
+  within 1 s.
 - Black hole (a backend whose accept queue is full, so SYNs go unanswered): the
   route's ``connect_timeout`` is honoured (504 / TLS alert / stream error at 1 s, not
   at the kernel's ~2 minutes), also for the HTTP proxy's ``connect_timeout``.
@@ -13,7 +15,9 @@ Backend faults: a backend that refuses, one that dies mid-stream, one that black
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,7 @@ import pytest
 from tests.hostile.harness import start_backend, start_gatekeep
 from tests.integration.peers import Gatekeep
 from tests.integration.process import free_port
+from tests.tlscerts import make_ca
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +202,75 @@ def test_backend_dies_while_client_uploads(dies: int) -> None:
         assert closed is not None, "the client could upload for 5 s into a dead backend"
         print(f"backend reset during an upload: client's sends fail after {closed * 1000:.0f} ms")
         assert closed <= 1.0
+
+
+# ------------------------------------------------------------------ through terminate
+
+TERMINATED = """
+[[listener]]
+name = "tls"
+endpoint = "tcp:0:interface=127.0.0.1"
+service = "edge"
+[service.edge]
+[[service.edge.route]]
+name = "dies"
+match.tls = {{ sni = ["dies.example"] }}
+terminate = {{ certificate_pairs = [{{ cert = "{cert}", key = "{key}" }}], service = "dies" }}
+[[service.edge.route]]
+name = "refused"
+match.tls = {{ sni = ["refused.example"] }}
+terminate = {{ certificate_pairs = [{{ cert = "{cert}", key = "{key}" }}], service = "refused" }}
+[service.dies]
+[[service.dies.route]]
+name = "dies"
+forward = {{ to = "tcp:127.0.0.1:{port}" }}
+[service.refused]
+[[service.refused.route]]
+name = "refused"
+forward = {{ to = "tcp:127.0.0.1:{refused}" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def terminated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    root = tmp_path_factory.mktemp("terminated")
+    leaf = make_ca().leaf("dies.example", "refused.example")
+    cert, key = leaf.write_pair(root / "c.pem", root / "k.pem")
+    backend = start_backend(root / "backend")
+    gk = start_gatekeep(root / "gk", TERMINATED.format(
+        cert=cert, key=key, port=backend.port, refused=free_port()), ["tls"])
+    yield gk.port("tls")
+    gk.stop()
+    backend.stop()
+    assert not gk.problems(), gk.problems()
+
+
+def tls_exchange(port: int, name: str, data: bytes) -> tuple[bytes, float]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as tls:
+        started = time.monotonic()
+        tls.sendall(data)
+        got = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            while chunk := tls.recv(65536):
+                got += chunk
+        return got, time.monotonic() - started
+
+
+def test_terminated_backend_refuses(terminated: int) -> None:
+    got, took = tls_exchange(terminated, "refused.example", b"hello, anyone there?\n")
+    print(f"terminated, backend refused: client closed after {took * 1000:.0f} ms")
+    assert got == b""
+    assert took <= 1.0
+
+
+@pytest.mark.parametrize("size", [0, 200_000])
+def test_terminated_backend_dies_mid_stream(terminated: int, size: int) -> None:
+    got, took = tls_exchange(terminated, "dies.example", f"DIE {size}\n".encode())
+    print(f"terminated, backend reset after {size} bytes: client closed after "
+          f"{took * 1000:.0f} ms with {len(got)} bytes")
+    assert len(got) <= size
+    assert took <= 1.0

@@ -47,6 +47,7 @@ def measure() -> list[dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
     from gatekeep.registry import load_registry
     from gatekeep.sniff import run_detectors
+    from gatekeep.values import NeedMore
 
     detectors = load_registry().detectors
     detector_of = {"clienthello": "tls", "http": "http", "xmpp": "xmpp", "ssh": "ssh"}
@@ -62,7 +63,7 @@ def measure() -> list[dict[str, Any]]:
             verdicts: dict[str, Any] = {}
             for seen in segments:
                 run_detectors(chain, seen, verdicts, final=False)
-                if not type(verdicts["tls"]).__name__ == "NeedMore":
+                if not isinstance(verdicts["tls"], NeedMore):
                     return
 
         rows.append({"kind": kind, "fixture": name, "bytes": len(data),

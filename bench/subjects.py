@@ -235,7 +235,7 @@ NGINX_STREAM_CONFIG = """\
 load_module {module};
 daemon off;
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {nofile};
 pid {workdir}/nginx-stream.pid;
 error_log {log} notice;
 events {{ worker_connections 30000; }}
@@ -274,7 +274,7 @@ def _nginx_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
     out = log.with_suffix(".out")
     config.write_text(NGINX_STREAM_CONFIG.format(
         module=NGINX_STREAM_MODULE, workdir=workdir, port=port, backend_port=backend_port,
-        tls_port=tls_port, log=log))
+        tls_port=tls_port, log=log, nofile=nofile_limit()))
     with out.open("wb") as sink:
         process = subprocess.Popen(
             ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(log)],

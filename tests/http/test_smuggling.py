@@ -6,6 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatekeep.http.reader import BadRequest, RequestReader
 from tests.http.harness import Harness
+from tests.tlscerts import scratch_dir
 
 SITE = """
 [http.site]
@@ -127,7 +128,7 @@ class Proxy(SynchronousTestCase):
 
 class AccessLogged(SynchronousTestCase):
     def test_a_refused_head_has_its_access_log_line(self) -> None:
-        log = self.mktemp()
+        log = str(scratch_dir(self) / "access.log")
         h = Harness(SITE.replace("[http.site]\n", f'[http.site]\naccess_log = "{log}"\n'))
         h.connect(BAD_HEADS["cl-te"])
         h.target.access_log.close()  # type: ignore[union-attr]

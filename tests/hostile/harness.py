@@ -7,10 +7,13 @@ Everything is started on free ports and stopped by PID; waits poll against deadl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tests.integration.process import Peer, wait_until
 __all__ = [
     "Backend",
     "cpu_seconds",
+    "exchange",
     "open_fds",
     "raise_nofile",
     "rss_kib",
@@ -61,6 +65,24 @@ def cpu_seconds(pid: int) -> float:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0,
+             host: str = "127.0.0.1") -> tuple[bytes, float]:
+    """
+    Send ``data``, read until the peer closes; what was read, and the seconds from the
+    end of sending to the close. A peer that closes (or resets) before everything was
+    sent still has its answer read.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        sent = time.monotonic()
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                got += chunk
+        return got, time.monotonic() - sent
 
 
 def start_gatekeep(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.harness import start_backend, start_gatekeep
+from tests.hostile.harness import exchange, start_backend, start_gatekeep
 from tests.integration.peers import Gatekeep
 from tests.integration.process import free_port
 from tests.tlscerts import make_ca
@@ -118,21 +118,6 @@ def gatekeep(tmp_path_factory: pytest.TempPathFactory, blackhole: int) -> Iterat
     yield started
     started.stop()
     assert not started.problems(), started.problems()
-
-
-def exchange(port: int, data: bytes, timeout: float = 10.0,
-             host: str = "127.0.0.1") -> tuple[bytes, float]:
-    """Send ``data``; return everything read until the close, and how long that took."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        started = time.monotonic()
-        sock.sendall(data)
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except ConnectionResetError:
-            pass
-        return got, time.monotonic() - started
 
 
 def check_answer(protocol: str, got: bytes, kind: str) -> None:

@@ -11,10 +11,8 @@ and 10,000 such connections leave gatekeep's RSS less than 5 MiB larger.
 
 from __future__ import annotations
 
-import socket
 import ssl
 import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from gatekeep.detectors.tls import TLSDetector
 from gatekeep.values import Match
 from tests.detectors._protocol_fixtures import EDITS, mutate
 from tests.detectors._tls_helpers import fixtures, handshake_of, openssl_view, records
-from tests.hostile.harness import rss_kib, start_gatekeep
+from tests.hostile.harness import exchange, rss_kib, start_gatekeep
 from tests.hostile.hellos import (
     expected_alpn,
     expected_sni,
@@ -142,18 +140,6 @@ def malformed_corpus() -> list[bytes]:
     return corpus
 
 
-def one_malformed(port: int, data: bytes) -> float:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(data)
-        sent = time.monotonic()
-        try:
-            while sock.recv(4096):
-                pass
-        except ConnectionResetError:
-            pass
-        return time.monotonic() - sent
-
-
 @pytest.mark.slow
 def test_malformed_hellos_closed_fast_without_growth(tmp_path: Path) -> None:
     assert EDITS  # the same edit kinds as the detector tests
@@ -162,9 +148,9 @@ def test_malformed_hellos_closed_fast_without_growth(tmp_path: Path) -> None:
     try:
         port = gatekeep.port("tls")
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda d: one_malformed(port, d), corpus[:200]))  # warm up
+            list(pool.map(lambda d: exchange(port, d, 5.0)[1], corpus[:200]))  # warm up
             before = rss_kib(gatekeep.pid)
-            times = list(pool.map(lambda i: one_malformed(port, corpus[i % len(corpus)]),
+            times = list(pool.map(lambda i: exchange(port, corpus[i % len(corpus)], 5.0)[1],
                                   range(10_000)))
         after = rss_kib(gatekeep.pid)
         times.sort()

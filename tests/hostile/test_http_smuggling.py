@@ -16,13 +16,11 @@ backend that echoes every request head it receives (tests/integration/http_echo.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.hostile.harness import start_gatekeep
+from tests.hostile.harness import exchange, start_gatekeep
 from tests.integration.peers import Gatekeep, start_http_echo
 
 pytestmark = pytest.mark.slow
@@ -113,19 +111,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatekeep]:
     assert b"/smuggled" not in (root / "echo" / "echo.log").read_bytes()
 
 
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``data``, read until gatekeep closes (or ``timeout``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        # Refused before we finished sending: what it answered is still to be read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except ConnectionResetError:
-            pass
-        return got
+def send(port: int, data: bytes) -> bytes:
+    """Send ``data``; everything read until gatekeep closes."""
+    return exchange(port, data)[0]
 
 
 def responses(data: bytes) -> list[tuple[int, bytes]]:
@@ -147,7 +135,7 @@ def responses(data: bytes) -> list[tuple[int, bytes]]:
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_smuggling_attempt_refused(site: Gatekeep, name: str) -> None:
     port = site.port("web")
-    got = exchange(port, GOOD + CORPUS[name])
+    got = send(port, GOOD + CORPUS[name])
     answers = responses(got)
     assert answers, got
     assert answers[0][0] == 200 and b"GET /good HTTP/1.1" in answers[0][1], got[:300]
@@ -156,7 +144,7 @@ def test_smuggling_attempt_refused(site: Gatekeep, name: str) -> None:
     assert b"Connection: close" in got.split(b"\r\n\r\n")[-2] or b"close" in got.lower()
     assert b"/smuggled" not in got
     # A new client is served its own request: no backend connection was poisoned.
-    fresh = responses(exchange(port, b"GET /fresh HTTP/1.1\r\nHost: a.example\r\n"
+    fresh = responses(send(port, b"GET /fresh HTTP/1.1\r\nHost: a.example\r\n"
                                      b"Connection: close\r\n\r\n"))
     assert [s for s, _ in fresh] == [200]
     assert b"GET /fresh HTTP/1.1" in fresh[0][1]
@@ -171,7 +159,7 @@ def test_pipelined_requests_answered_in_order(site: Gatekeep) -> None:
         b"GET /4 HTTP/1.1\r\nHost: b.example\r\n\r\n",
         b"GET /5 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     ])
-    answers = responses(exchange(site.port("web"), requests))
+    answers = responses(send(site.port("web"), requests))
     assert [s for s, _ in answers] == [200] * 5
     for index, (_, body) in enumerate(answers, 1):
         assert body.split(b" ", 2)[1] == b"/%d" % index, body[:100]
@@ -184,7 +172,7 @@ def test_forwarded_headers_from_an_untrusted_client_never_reach_the_backend(
               b"x-forwarded-for: 6.6.6.7\r\nForwarded: for=6.6.6.6;proto=https\r\n"
               b"X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n"
               b"X-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n")
-    [(status, body)] = responses(exchange(site.port("web"), forged))
+    [(status, body)] = responses(send(site.port("web"), forged))
     assert status == 200
     assert b"6.6.6." not in body.replace(b"X-Real-IP: 6.6.6.6", b""), body
     assert b"evil.example" not in body

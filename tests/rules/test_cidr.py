@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import textwrap
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -331,3 +334,23 @@ def test_unused_rules_and_shapers_are_warnings(registry: Registry) -> None:
     assert "access.spare: not used by any listener or route" in config.warnings
     assert "shaper.idle: not used by any listener" in config.warnings
     assert not any(w.startswith("access.r:") for w in config.warnings)
+
+
+networks4 = st.builds(lambda a, p: ipaddress.ip_network((a, p), strict=False),
+                      st.integers(0, 2**32 - 1), st.integers(0, 32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(allow=st.lists(networks4, max_size=5), deny=st.lists(networks4, max_size=5),
+       default=st.sampled_from([ALLOW, DENY]), address=st.integers(0, 2**32 - 1),
+       mapped=st.booleans())
+def test_cidr_matches_a_plain_reading_of_the_rules(
+    allow: list[Any], deny: list[Any], default: Decision, address: int, mapped: bool,
+) -> None:
+    ip = ipaddress.IPv4Address(address)
+    r = CIDRRule(allow=tuple(allow), deny=tuple(deny), default=default)
+    peer = v6(f"::ffff:{ip}") if mapped else v4(str(ip))
+    expected = DENY if any(ip in n for n in deny) else \
+        ALLOW if any(ip in n for n in allow) else default
+    assert r.decide(peer, None) is expected
+    assert r.decide(peer, Match({"sni": "x.example"})) is expected

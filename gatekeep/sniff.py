@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -152,6 +153,10 @@ class SniffingProtocol(Protocol):
         runtime = self.runtime
         transport: Any = self.transport
         self.client, self.server = transport.getPeer(), transport.getHost()
+        if isinstance(transport, tcp.Connection):
+            # Read no more than the cap at a time while sniffing: Twisted's 64 KiB reads
+            # would make a client that sends at once cost 64 KiB before any route.
+            transport.bufferSize = SNIFF_CAP
         self.record = ConnectionRecord(
             runtime.name, format_address(self.client), runtime.reactor.seconds())
         metrics.connection_opened(self.record)
@@ -298,6 +303,8 @@ class SniffingProtocol(Protocol):
             self._deadline.cancel()
             self._deadline = None
         metrics.detected(record.listener, self.runtime.reactor.seconds() - record.started)
+        if isinstance(transport, tcp.Connection):
+            vars(transport).pop("bufferSize", None)  # the class's size for relaying
         protocol, match = self._protocol_of(selection)
         record.protocol = protocol
         detected = match.facts if match is not None else {}

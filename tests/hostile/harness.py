@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.integration.peers import Gatekeep, twistd
+from tests.integration.peers import Gatekeep, HTTPEcho, start_http_echo, twistd
 from tests.integration.process import Peer, wait_until
 
 __all__ = [
@@ -30,11 +30,28 @@ __all__ = [
     "raise_nofile",
     "rss_kib",
     "start_backend",
+    "start_echo",
     "start_gatekeep",
+    "stop_leftovers",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
 _TICKS = os.sysconf("SC_CLK_TCK")
+#: Backends started here; stop_leftovers() stops any a failed set-up left running.
+_STARTED: list[Peer] = []
+
+
+def stop_leftovers() -> None:
+    """Stop (by PID) every backend this module started that is still running."""
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
+def start_echo(root: Path) -> HTTPEcho:
+    """tests/integration/http_echo.py, stopped by stop_leftovers() if nothing else does."""
+    echo = start_http_echo(root)
+    _STARTED.append(echo.peer)
+    return echo
 
 
 def raise_nofile(limit: int) -> int:
@@ -135,6 +152,7 @@ def start_backend(
     if echo:
         argv.append("--echo")
     peer = Peer("backend", argv, workdir / "backend.log", cwd=ROOT)
+    _STARTED.append(peer)
     try:
         found = peer.wait_output(r"^PORT (\d+)$")
     except Exception:

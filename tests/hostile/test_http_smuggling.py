@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.hostile.harness import exchange, start_gatekeep
-from tests.integration.peers import Gatekeep, start_http_echo
+from tests.hostile.harness import exchange, start_echo, start_gatekeep
+from tests.integration.peers import Gatekeep
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ CORPUS: dict[str, bytes] = {
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatekeep]:
     root = tmp_path_factory.mktemp("smuggling")
-    echo = start_http_echo(root / "echo")
+    echo = start_echo(root / "echo")
     gatekeep = start_gatekeep(root / "gk", CONFIG.format(port=echo.port), ["web"])
     yield gatekeep
     gatekeep.stop()

@@ -20,8 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.harness import raise_nofile, rss_kib, start_backend, start_gatekeep
-from tests.integration.peers import start_http_echo
+from tests.hostile.harness import (
+    raise_nofile,
+    rss_kib,
+    start_backend,
+    start_echo,
+    start_gatekeep,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +188,7 @@ async def _kept_alive_all(port: int) -> list[float | None]:
 
 def test_slowloris_on_a_kept_alive_http_connection(tmp_path: Path) -> None:
     """The next request's head trickled after a good one: closed at keepalive_timeout."""
-    echo = start_http_echo(tmp_path / "echo")
+    echo = start_echo(tmp_path / "echo")
     gatekeep = start_gatekeep(tmp_path / "gk", SITE.format(timeout=KEEPALIVE, port=echo.port),
                               ["web"])
     try:

@@ -43,15 +43,16 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     labels = {m.group(1) for m in map(better.match, rows) if m}
     for label in ("bulk client->backend, 1 stream", "bulk backend->client, 4 streams",
                   "proxy CPU per GiB relayed", "new connections (request+response)",
-                  "ping-pong round trip p50", "added latency p50 (minus direct)"):
+                  "ping-pong round trip p50", "RSS per idle proxied connection"):
         assert label in labels, output
+    # Added latency is a difference: on a busy machine HAProxy's may come out <= 0, and
+    # then there is no ratio to show.
     for row in rows:
         if not row.startswith("added latency"):
             assert re.search(r"\d+\.\d\dx$", row), row  # gatekeep's column holds a ratio
     for target in ("target: gatekeep bulk >= 0.9x HAProxy:",
                    "target: gatekeep CPU/GiB <= 1.5x HAProxy:",
                    "target: gatekeep conn/s >= 0.5x haproxy (same workers/threads):",
-                   "target: gatekeep added p99 latency <= 2x HAProxy:",
                    "target: gatekeep <= 10 KiB RSS per idle connection:"):
         assert target in done.stdout, output
 

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from gatekeep import metrics
 from gatekeep.addresses import format_address
 from gatekeep.http.accesslog import combined_line
+from gatekeep.http.deadline import Deadline
 from gatekeep.http.forwarding import HOP_BY_HOP, client_ip, is_health, request_fields, select
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.response import END, Informational, ResponseHead
@@ -52,6 +53,7 @@ class Downstream(TypingProtocol):
                   length: int | None, body: bool, close: bool = False) -> None: ...
     def send_data(self, data: bytes) -> None: ...
     def send_end(self) -> None: ...
+    def flush(self) -> None: ...
     def send_abort(self, why: str) -> None: ...
     def switch(self, upstream: Upstream, status: int, reason: bytes,
                fields: list[tuple[bytes, bytes]]) -> bool: ...
@@ -97,6 +99,8 @@ class Exchange:
         self._connecting: Any = None
         self._reused = False
         self._timer: IDelayedCall | None = None
+        #: The response timeout: the backend connection's, re-armed for each request.
+        self._deadline: Deadline | None = None
 
     # ------------------------------------------------------------ deciding
 
@@ -152,6 +156,9 @@ class Exchange:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._deadline is not None:
+            self._deadline.disarm()
+            self._deadline = None
 
     def _connected(self, upstream: Upstream) -> None:
         self._connecting = None
@@ -192,7 +199,7 @@ class Exchange:
         fields = request_fields(self.site, route, head, self.downstream.inbound.client,
                                 self.downstream.scheme, self.upgrade)
         upstream.send_request(head.method, head.target, fields, head.chunked,
-                              self.upgrade is not None)
+                              self.upgrade is not None, head.has_body)
         self.wants_body = True
         if self.request_ended:
             self._request_sent()
@@ -228,13 +235,18 @@ class Exchange:
 
     def _request_sent(self) -> None:
         assert self.upstream is not None
-        self.upstream.end_request()
-        if not self.response_started and self._timer is None:
-            self._timer = self.reactor.callLater(self.site.response_timeout,
-                                                 self._response_timed_out)
+        upstream = self.upstream
+        upstream.end_request()
+        if not self.response_started and self._timer is None and self._deadline is None:
+            deadline = upstream.deadline
+            if deadline is None:
+                deadline = upstream.deadline = Deadline(self.reactor, self._response_timed_out)
+            deadline.expired = self._response_timed_out
+            deadline.arm(self.site.response_timeout)
+            self._deadline = deadline
 
     def _response_timed_out(self) -> None:
-        self._timer = None
+        self._deadline = None
         if self.finished or self.response_started:
             return
         self._release_upstream(reuse=False)
@@ -274,6 +286,11 @@ class Exchange:
             self._release_upstream(reuse=True)
             self._finish()
 
+    def upstream_waiting(self) -> None:
+        """The backend's bytes so far are handled: a held response head may go."""
+        if not self.finished:
+            self.downstream.flush()
+
     def _switched(self, reason: bytes, fields: list[tuple[bytes, bytes]]) -> None:
         upstream = self.upstream
         assert upstream is not None and self.upgrade is not None
@@ -297,6 +314,7 @@ class Exchange:
             # An idle keep-alive connection the backend closed as we reused it: the
             # request (which has no body to replay) goes once more on a new connection.
             self._reused = False
+            self._stop_timer()
             upstream, self.upstream = self.upstream, None
             if upstream is not None:
                 self.downstream.detach_upstream(upstream)

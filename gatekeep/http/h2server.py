@@ -174,6 +174,9 @@ class H2Stream:
         self.pending_size += len(data)
         self.push()
 
+    def flush(self) -> None:
+        """Nothing is held back on a stream: its frames go out as they are made."""
+
     def send_end(self) -> None:
         if self.closed or self.response_done:
             return

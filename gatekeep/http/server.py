@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -21,9 +21,11 @@ from zope.interface import implementer
 from gatekeep.addresses import format_address
 from gatekeep.detectors.http import H2_PREFACE
 from gatekeep.http.accesslog import combined_line
+from gatekeep.http.deadline import Deadline
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.forwarding import client_ip
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
+from gatekeep.http.sendnow import send_now
 from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
 
@@ -82,7 +84,10 @@ class HTTP1Connection(Protocol):
         self._closing = False
         self._pumping = False
         self._again = False
-        self._idle_timer: IDelayedCall | None = None
+        #: The next request's head is due (``keepalive_timeout``); one timer per connection.
+        self._idle_timer = Deadline(inbound.reactor, self._idle)
+        #: A response head held back to leave in one write with the first body bytes.
+        self._held: bytes | None = None
         #: The first bytes, until they cannot be the HTTP/2 preface.
         self._opening: bytearray | None = bytearray()
         self.h2: Protocol | None = None
@@ -98,16 +103,13 @@ class HTTP1Connection(Protocol):
     def _await_request(self) -> None:
         """The next request's head must arrive whole within ``keepalive_timeout``."""
         timeout = self.target.site.keepalive_timeout
-        if self._idle_timer is None and timeout is not None:
-            self._idle_timer = self.inbound.reactor.callLater(timeout, self._idle)
+        if not self._idle_timer.armed and timeout is not None:
+            self._idle_timer.arm(timeout)
 
     def _stop_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_timer.disarm()
 
     def _idle(self) -> None:
-        self._idle_timer = None
         if self.exchange is None and self.tunnel is None and not self._closing:
             self.inbound.record.close("keepalive_timeout" if self.reader.between_requests
                                       else "keepalive_timeout (request head incomplete)")
@@ -141,7 +143,7 @@ class HTTP1Connection(Protocol):
         from gatekeep.http.h2server import H2Connection
 
         transport: Any = self.transport
-        self._stop_idle_timer()
+        self._idle_timer.cancel()
         transport.unregisterProducer()
         self.h2 = H2Connection(self.target, self.inbound)
         self.h2.makeConnection(transport)
@@ -267,7 +269,19 @@ class HTTP1Connection(Protocol):
         if close:
             fields.append((b"Connection", b"close"))
         self._close_after = close
-        self._write(response_head(status, reason, fields))
+        data = response_head(status, reason, fields)
+        if body and length != 0:
+            # Held until the body's first bytes (or :meth:`flush`): one write, one packet.
+            self.flush()
+            self._held = data
+        else:
+            self._write(data)
+
+    def flush(self) -> None:
+        """Write a held response head now (its body is not here yet)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._write(held)
 
     def send_data(self, data: bytes) -> None:
         if not data:
@@ -280,9 +294,12 @@ class HTTP1Connection(Protocol):
     def send_end(self) -> None:
         if self._chunked:
             self._write(b"0\r\n\r\n")
+        else:
+            self.flush()
 
     def send_abort(self, why: str) -> None:
         self.inbound.record.close(f"response aborted: {why}")
+        self.flush()
         self._closing = True
         transport: Any = self.transport
         if transport is not None:
@@ -340,18 +357,20 @@ class HTTP1Connection(Protocol):
     # ------------------------------------------------------------ writing and closing
 
     def _write(self, data: bytes) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            data = held + data
         if self.transport is not None:
             self.inbound.record.bytes_out += len(data)
-            self.transport.write(data)
+            send_now(self.transport, data)
 
     def _write_sequence(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
-            self.inbound.record.bytes_out += sum(map(len, parts))
-            self.transport.writeSequence(parts)
+        self._write(b"".join(parts))
 
     def _close(self) -> None:
         if self._closing:
             return
+        self.flush()
         self._closing = True
         if self.transport is not None:
             self.transport.loseConnection()
@@ -374,7 +393,8 @@ class HTTP1Connection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
-        self._stop_idle_timer()
+        self._held = None
+        self._idle_timer.cancel()
         if self.h2 is not None:
             self.h2.connectionLost(reason)
             return

@@ -16,7 +16,9 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from gatekeep.http.deadline import Deadline
 from gatekeep.http.response import NEED_DATA, BackendError, ResponseHead, ResponseReader
+from gatekeep.http.sendnow import send_now
 
 __all__ = ["Gate", "Pool", "Upstream", "UpstreamListener", "no_delay"]
 
@@ -36,6 +38,7 @@ def no_delay(transport: Any) -> None:
 class UpstreamListener(TypingProtocol):
     def upstream_event(self, event: Any) -> None: ...
     def upstream_failed(self, why: str) -> None: ...
+    def upstream_waiting(self) -> None: ...
 
 
 class Gate:
@@ -96,14 +99,21 @@ class Upstream(Protocol):
         #: The whole request (its body included) was written.
         self.request_done = True
         self._chunked = False
+        #: The response timeout, kept with the connection so that requests re-use it.
+        self.deadline: Deadline | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
         no_delay(self.transport)
 
     def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
-                     chunked: bool, upgrade: bool) -> None:
-        """Write the request head; the body follows with :meth:`send_body`."""
+                     chunked: bool, upgrade: bool, body: bool = True) -> None:
+        """
+        Write the request head; the body follows with :meth:`send_body`.
+
+        A request without a body is sent at once (:func:`send_now`); a head whose body
+        follows is queued, so that the first body bytes leave with it.
+        """
         self.reader.expect(method, upgrade)
         self._chunked = chunked
         self.request_done = False
@@ -112,7 +122,10 @@ class Upstream(Protocol):
             parts += [name, b": ", value, b"\r\n"]
         parts.append(b"\r\n")
         if self.transport is not None:
-            self.transport.write(b"".join(parts))
+            if body:
+                self.transport.write(b"".join(parts))
+            else:
+                send_now(self.transport, b"".join(parts))
 
     def send_body(self, data: bytes) -> None:
         if self.transport is None or not data:
@@ -150,6 +163,7 @@ class Upstream(Protocol):
                 self.abort()
                 return
             if event is NEED_DATA:
+                self.listener.upstream_waiting()
                 return
             self.listener.upstream_event(event)
             if isinstance(event, ResponseHead) and event.switched:
@@ -176,6 +190,8 @@ class Upstream(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.tunnel is None and self.listener is not None:
             self.reader.feed_eof()
             self._events()

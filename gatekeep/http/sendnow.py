@@ -1,0 +1,43 @@
+"""
+Writing a small message at once, without waiting for the reactor's next turn.
+
+Twisted's ``transport.write`` queues the bytes and asks the reactor to watch the
+socket for writability: two ``epoll_ctl`` calls and one more trip through the event
+loop per write, which is a large part of the cost of a small proxied request. When
+nothing is queued on a bare socket transport, :func:`send_now` hands the bytes to
+the kernel straight away and queues only what the socket did not take, so the order
+of bytes and the transport's flow control stay Twisted's. Anything else (TLS,
+wrappers, a transport with bytes already queued, an error) takes ``write``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp, unix
+
+__all__ = ["send_now"]
+
+# Transports whose ``socket`` is the connection itself, with nothing in between.
+_PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Write ``data`` to ``transport``, sending at once what a bare socket accepts."""
+    if (data and type(transport) in _PLAIN and transport.connected
+            and not transport.disconnecting and not transport._writeDisconnected
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer and not getattr(transport, "TLS", False)):
+        sock: socket.socket | None = getattr(transport, "socket", None)
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the queued write meets the error and reports it as Twisted does
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)

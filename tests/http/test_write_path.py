@@ -1,0 +1,172 @@
+"""
+The per-request write and timer paths: a response head leaves with its body in one
+write, requests re-use one timer per connection, and :func:`send_now` falls back to
+the transport's own ``write`` wherever it cannot send at once.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gatekeep.http.deadline import Deadline
+from gatekeep.http.sendnow import send_now
+from tests.http.harness import Harness
+from tests.http.test_proxy import SITE
+
+REACTOR: Any = _reactor
+GET = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
+
+
+def counting_writes(transport: StringTransport) -> list[bytes]:
+    """Record each ``write`` made to ``transport`` (as well as writing it)."""
+    writes: list[bytes] = []
+    write = transport.write
+
+    def record(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    transport.write = record  # type: ignore[method-assign]
+    return writes
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_fires_at_the_last_deadline_armed_with_one_call_pending(self) -> None:
+        clock, fired = Clock(), []
+        deadline = Deadline(clock, lambda: fired.append(clock.seconds()))
+        deadline.arm(5)
+        for _ in range(100):  # a request every 0.03 s: disarmed, then armed again
+            clock.advance(0.01)
+            deadline.disarm()
+            clock.advance(0.02)
+            deadline.arm(5)
+            self.assertLessEqual(len(clock.getDelayedCalls()), 1)
+        armed_at = clock.seconds()
+        clock.advance(4.99)
+        self.assertEqual(fired, [])
+        clock.advance(0.01)
+        self.assertEqual(fired, [armed_at + 5])
+        self.assertFalse(deadline.armed)
+        clock.advance(60)
+        self.assertEqual(len(fired), 1)
+
+    def test_disarmed_or_cancelled_it_never_fires(self) -> None:
+        clock, fired = Clock(), []
+        deadline = Deadline(clock, lambda: fired.append(1))
+        deadline.arm(1)
+        deadline.disarm()
+        clock.advance(2)
+        self.assertEqual(fired, [])
+        deadline.arm(1)
+        deadline.cancel()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(2)
+        self.assertEqual(fired, [])
+
+    def test_an_earlier_deadline_replaces_the_pending_call(self) -> None:
+        clock, fired = Clock(), []
+        deadline = Deadline(clock, lambda: fired.append(clock.seconds()))
+        deadline.arm(10)
+        deadline.arm(2)
+        clock.advance(2)
+        self.assertEqual(fired, [2])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class HeldHeadTests(SynchronousTestCase):
+    def test_head_and_body_leave_in_one_write(self) -> None:
+        h = Harness(SITE)
+        _p, client = h.connect()
+        writes = counting_writes(client)
+        _p.dataReceived(GET)
+        backend, _t = h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(writes[0].endswith(b"\r\n\r\nhello"))
+
+    def test_a_head_whose_body_is_late_is_not_held(self) -> None:
+        h = Harness(SITE)
+        _p, client = h.connect(GET)
+        backend, _t = h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(client.value().endswith(b"\r\n\r\n"))
+        backend.dataReceived(b"hel")
+        self.assertTrue(client.value().endswith(b"\r\n\r\nhel"))
+
+
+class ResponseTimeoutReused(SynchronousTestCase):
+    def test_each_request_on_a_kept_connection_has_its_own_timeout(self) -> None:
+        h = Harness(SITE)
+        protocol, client = h.connect(GET)
+        backend, _t = h.backend()
+        for _ in range(20):
+            h.reactor.advance(9)  # each answered just before its 10 s
+            backend.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+            protocol.dataReceived(GET)
+        self.assertEqual(len(h.reactor.tcpClients), 1)  # one backend connection, reused
+        self.assertEqual(client.value().count(b"HTTP/1.1 204 "), 20)
+        self.assertLessEqual(len(h.reactor.getDelayedCalls()), 4)
+        h.reactor.advance(9.9)
+        self.assertNotIn(b" 504 ", client.value())
+        h.reactor.advance(0.2)
+        self.assertIn(b"HTTP/1.1 504 Gateway Timeout\r\n", client.value())
+
+
+class _Collect(Protocol):
+    def __init__(self, want: int, done: Deferred[bytes]) -> None:
+        self.want, self.done, self.got = want, done, b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+        if len(self.got) >= self.want:
+            self.done.callback(self.got)
+
+
+class SendNowTests(TestCase):
+    def test_falls_back_to_write_for_wrappers(self) -> None:
+        transport = StringTransport()
+        send_now(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
+
+    def test_bytes_stay_in_order_on_a_real_socket(self) -> Deferred[None]:
+        """More than a socket buffer's worth: what the kernel refuses is queued, in order."""
+        data = bytes(range(256)) * 40_000  # 10 MB
+        done: Deferred[bytes] = Deferred()
+        server_side: list[Protocol] = []
+
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                server_side.append(self)
+                sock = self.transport.getHandle()  # type: ignore[union-attr]
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                send_now(self.transport, data[:1000])
+                send_now(self.transport, data[1000:])
+                send_now(self.transport, b"")
+
+        factory: Any = Factory.forProtocol(Server)
+        port = REACTOR.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        endpoint = TCP4ClientEndpoint(REACTOR, "127.0.0.1", port.getHost().port)
+        connecting = endpoint.connect(Factory.forProtocol(lambda: _Collect(len(data), done)))
+
+        def check(client: Any) -> Deferred[None]:
+            def got(received: bytes) -> None:
+                self.assertEqual(received, data)
+                client.transport.loseConnection()
+                server_side[0].transport.loseConnection()  # type: ignore[union-attr]
+            return done.addCallback(got)
+
+        result: Deferred[None] = connecting.addCallback(check)
+        return result

@@ -45,6 +45,8 @@ SUBJECTS = ("gatekeep", "haproxy")
 MiB = 1024 * 1024
 
 GATEKEEP = """\
+workers = 1                 # one process, against HAProxy's nbthread 1: a per-core comparison
+
 [[listener]]
 name = "bench"
 endpoint = "tcp:{port}:interface=127.0.0.1"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import pytest
@@ -141,3 +141,66 @@ def fast_and_slow(*strategies: Any) -> Callable[[F], tuple[F, F]]:
         return fast, slow
 
     return make
+
+
+KINDS: tuple[str, ...] = ("http", "ssh", "xmpp")
+
+
+def detector_contract(detector: IDetector, kind: str, random_size: int) -> type:
+    """
+    The tests every protocol detector passes on its own and the others' fixtures.
+
+    Its fixtures give their sidecar's verdict, whole and at every prefix, with the
+    declared facts, and keep it whatever follows; the other detectors' matching
+    fixtures are NoMatch; random bytes (up to ``random_size``) and mutated fixtures
+    keep :func:`check_final`'s promises. A test module binds it to a ``Test*`` name.
+    """
+    fixtures = load(kind)
+    others = [f for other in KINDS if other != kind for f in load(other) if f.matches]
+
+    def random_bytes_keep_promises(self: object, data: bytes, suffix: bytes) -> None:
+        check_final(detector, data, suffix)
+
+    def mutated_fixtures_keep_promises(
+        self: object, fixture: Fixture, edits: list[Any], suffix: bytes
+    ) -> None:
+        check_final(detector, mutate(fixture.data, edits), suffix)
+
+    class DetectorContract:
+        def test_declared_facts_are_the_reported_ones(self) -> None:
+            for fixture in fixtures:
+                verdict = detector.detect(fixture.data)
+                if isinstance(verdict, Match):
+                    # ``facts`` is optional on IDetector; each of these declares it.
+                    assert tuple(verdict.facts) == cast(Any, detector).facts
+
+        @parametrize(fixtures)
+        def test_fixture_verdict(self, fixture: Fixture) -> None:
+            check_verdict(detector, fixture)
+
+        @parametrize(fixtures)
+        def test_fixture_every_prefix(self, fixture: Fixture) -> None:
+            check_every_prefix(detector, fixture)
+
+        @FAST
+        @given(st.sampled_from(fixtures), st.binary(max_size=64))
+        def test_fixture_verdict_survives_appended_bytes(
+            self, fixture: Fixture, suffix: bytes
+        ) -> None:
+            verdict = detector.detect(fixture.data)
+            assert detector.detect(fixture.data + suffix) == verdict
+            assert detector.detect(fixture.data[: fixture.decided_at] + suffix) == verdict
+
+        @parametrize(others)
+        def test_other_detectors_fixtures_do_not_match(self, fixture: Fixture) -> None:
+            assert isinstance(detector.detect(fixture.data), NoMatch)
+
+        test_random_bytes, test_random_bytes_slow = fast_and_slow(
+            st.binary(max_size=random_size), st.binary(max_size=32)
+        )(random_bytes_keep_promises)
+
+        test_mutated_fixtures, test_mutated_fixtures_slow = fast_and_slow(
+            st.sampled_from(fixtures), EDITS, st.binary(max_size=16)
+        )(mutated_fixtures_keep_promises)
+
+    return DetectorContract

@@ -22,20 +22,18 @@ from gatekeep.detectors.http import H2_PREFACE, HTTPDetector
 from gatekeep.interfaces import IDetector
 from gatekeep.values import Match, NeedMore, NoMatch
 from tests.detectors._protocol_fixtures import (
-    EDITS,
     FAST,
-    check_every_prefix,
     check_final,
-    check_verdict,
+    detector_contract,
     fast_and_slow,
     load,
-    mutate,
     parametrize,
     tls_client_hellos,
 )
 
 DETECTOR = HTTPDetector()
 FIXTURES = load("http")
+TestContract = detector_contract(DETECTOR, "http", random_size=600)
 H2_FACTS = {"method": None, "host": None, "port": None, "path": None, "version": "2"}
 
 
@@ -62,35 +60,10 @@ def test_fixtures_cover_captures_and_both_verdicts() -> None:
     assert {f.matches for f in FIXTURES} == {True, False}
 
 
-def test_declared_facts_are_the_reported_ones() -> None:
-    for fixture in FIXTURES:
-        verdict = DETECTOR.detect(fixture.data)
-        if isinstance(verdict, Match):
-            assert tuple(verdict.facts) == DETECTOR.facts
-
-
-@parametrize(FIXTURES)
-def test_fixture_verdict(fixture: Any) -> None:
-    check_verdict(DETECTOR, fixture)
-
-
-@parametrize(FIXTURES)
-def test_fixture_every_prefix(fixture: Any) -> None:
-    check_every_prefix(DETECTOR, fixture)
-
-
 @parametrize([f for f in FIXTURES if f.matches and f.sidecar["facts"]["version"] != "2"])
 def test_http1_match_needs_the_whole_head(fixture: Any) -> None:
     head = fixture.data[: fixture.decided_at]
     assert head.endswith((b"\r\n\r\n", b"\n\n"))
-
-
-@FAST
-@given(st.sampled_from(FIXTURES), st.binary(max_size=64))
-def test_fixture_verdict_survives_appended_bytes(fixture: Any, suffix: bytes) -> None:
-    verdict = DETECTOR.detect(fixture.data)
-    assert DETECTOR.detect(fixture.data + suffix) == verdict
-    assert DETECTOR.detect(fixture.data[: fixture.decided_at] + suffix) == verdict
 
 
 def test_h2_preface_needs_all_24_bytes() -> None:
@@ -243,11 +216,6 @@ def test_proxy_v1_header_is_not_http() -> None:
     assert isinstance(DETECTOR.detect(b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 443\r\n"), NoMatch)
 
 
-@parametrize([f for kind in ("xmpp", "ssh") for f in load(kind) if f.matches])
-def test_other_detectors_fixtures_do_not_match(fixture: Any) -> None:
-    assert isinstance(DETECTOR.detect(fixture.data), NoMatch)
-
-
 def test_tls_client_hellos_do_not_match() -> None:
     for hello in tls_client_hellos():
         assert DETECTOR.detect(hello[:1]) == NoMatch("first byte 0x16 cannot start a method")
@@ -255,14 +223,6 @@ def test_tls_client_hellos_do_not_match() -> None:
 
 # -- properties ---------------------------------------------------------------
 
-
-def _random_bytes_keep_promises(data: bytes, suffix: bytes) -> None:
-    check_final(DETECTOR, data, suffix)
-
-
-test_random_bytes, test_random_bytes_slow = fast_and_slow(
-    st.binary(max_size=600), st.binary(max_size=32)
-)(_random_bytes_keep_promises)
 
 _HTTP_ALPHABET = st.sampled_from(
     [
@@ -280,15 +240,6 @@ def _http_like_keeps_promises(data: bytes, suffix: bytes) -> None:
 test_http_like_bytes, test_http_like_bytes_slow = fast_and_slow(
     st.lists(_HTTP_ALPHABET, max_size=40).map(b"".join), st.binary(max_size=16)
 )(_http_like_keeps_promises)
-
-
-def _mutated_fixtures_keep_promises(fixture: Any, edits: list[Any], suffix: bytes) -> None:
-    check_final(DETECTOR, mutate(fixture.data, edits), suffix)
-
-
-test_mutated_fixtures, test_mutated_fixtures_slow = fast_and_slow(
-    st.sampled_from(FIXTURES), EDITS, st.binary(max_size=16)
-)(_mutated_fixtures_keep_promises)
 
 
 # -- generated valid requests -------------------------------------------------

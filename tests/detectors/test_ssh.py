@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
@@ -20,20 +19,17 @@ from gatekeep.detectors.ssh import MAX_LINE, SSHDetector
 from gatekeep.interfaces import IDetector
 from gatekeep.values import Match, NeedMore, NoMatch
 from tests.detectors._protocol_fixtures import (
-    EDITS,
-    FAST,
-    check_every_prefix,
     check_final,
-    check_verdict,
+    detector_contract,
     fast_and_slow,
     load,
-    mutate,
     parametrize,
     tls_client_hellos,
 )
 
 DETECTOR = SSHDetector()
 FIXTURES = load("ssh")
+TestContract = detector_contract(DETECTOR, "ssh", random_size=300)
 BAD_CHARACTER = NoMatch("control or non-ASCII character in the identification line")
 
 
@@ -49,34 +45,9 @@ def test_fixtures_cover_captures_and_both_verdicts() -> None:
     assert {f.matches for f in FIXTURES} == {True, False}
 
 
-def test_declared_facts_are_the_reported_ones() -> None:
-    for fixture in FIXTURES:
-        verdict = DETECTOR.detect(fixture.data)
-        if isinstance(verdict, Match):
-            assert tuple(verdict.facts) == DETECTOR.facts
-
-
-@parametrize(FIXTURES)
-def test_fixture_verdict(fixture: Any) -> None:
-    check_verdict(DETECTOR, fixture)
-
-
-@parametrize(FIXTURES)
-def test_fixture_every_prefix(fixture: Any) -> None:
-    check_every_prefix(DETECTOR, fixture)
-
-
 @parametrize([f for f in FIXTURES if f.matches])
 def test_match_needs_the_whole_line(fixture: Any) -> None:
     assert fixture.data[fixture.decided_at - 1 : fixture.decided_at] == b"\n"
-
-
-@FAST
-@given(st.sampled_from(FIXTURES), st.binary(max_size=64))
-def test_fixture_verdict_survives_appended_bytes(fixture: Any, suffix: bytes) -> None:
-    verdict = DETECTOR.detect(fixture.data)
-    assert DETECTOR.detect(fixture.data + suffix) == verdict
-    assert DETECTOR.detect(fixture.data[: fixture.decided_at] + suffix) == verdict
 
 
 @pytest.mark.parametrize(
@@ -131,26 +102,12 @@ def test_other_protocols_do_not_match(other: bytes) -> None:
     assert DETECTOR.detect(other) == NoMatch("does not start with SSH-")
 
 
-@parametrize([f for kind in ("xmpp", "http") for f in load(kind) if f.matches])
-def test_other_detectors_fixtures_do_not_match(fixture: Any) -> None:
-    assert isinstance(DETECTOR.detect(fixture.data), NoMatch)
-
-
 def test_tls_client_hellos_do_not_match() -> None:
     for hello in tls_client_hellos():
         assert DETECTOR.detect(hello[:1]) == NoMatch("does not start with SSH-")
 
 
 # -- properties ---------------------------------------------------------------
-
-
-def _random_bytes_keep_promises(data: bytes, suffix: bytes) -> None:
-    check_final(DETECTOR, data, suffix)
-
-
-test_random_bytes, test_random_bytes_slow = fast_and_slow(
-    st.binary(max_size=300), st.binary(max_size=32)
-)(_random_bytes_keep_promises)
 
 
 def _ssh_like_keeps_promises(head: bytes, rest: bytes, suffix: bytes) -> None:
@@ -162,15 +119,6 @@ test_ssh_like_bytes, test_ssh_like_bytes_slow = fast_and_slow(
     st.binary(max_size=300),
     st.binary(max_size=16),
 )(_ssh_like_keeps_promises)
-
-
-def _mutated_fixtures_keep_promises(fixture: Any, edits: list[Any], suffix: bytes) -> None:
-    check_final(DETECTOR, mutate(fixture.data, edits), suffix)
-
-
-test_mutated_fixtures, test_mutated_fixtures_slow = fast_and_slow(
-    st.sampled_from(FIXTURES), EDITS, st.binary(max_size=16)
-)(_mutated_fixtures_keep_promises)
 
 
 _SOFTWARE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1)

@@ -22,20 +22,18 @@ from gatekeep.detectors.xmpp import STREAMS_NS, XMPPDetector
 from gatekeep.interfaces import IDetector
 from gatekeep.values import Match, NeedMore, NoMatch
 from tests.detectors._protocol_fixtures import (
-    EDITS,
     FAST,
-    check_every_prefix,
     check_final,
-    check_verdict,
+    detector_contract,
     fast_and_slow,
     load,
-    mutate,
     parametrize,
     tls_client_hellos,
 )
 
 DETECTOR = XMPPDetector()
 FIXTURES = load("xmpp")
+TestContract = detector_contract(DETECTOR, "xmpp", random_size=600)
 OPEN = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
 
 
@@ -63,34 +61,9 @@ def test_fixtures_cover_captures_and_both_verdicts() -> None:
     assert {f.matches for f in FIXTURES} == {True, False}
 
 
-def test_declared_facts_are_the_reported_ones() -> None:
-    for fixture in FIXTURES:
-        verdict = DETECTOR.detect(fixture.data)
-        if isinstance(verdict, Match):
-            assert tuple(verdict.facts) == DETECTOR.facts
-
-
-@parametrize(FIXTURES)
-def test_fixture_verdict(fixture: Any) -> None:
-    check_verdict(DETECTOR, fixture)
-
-
-@parametrize(FIXTURES)
-def test_fixture_every_prefix(fixture: Any) -> None:
-    check_every_prefix(DETECTOR, fixture)
-
-
 @parametrize([f for f in FIXTURES if f.matches])
 def test_match_needs_the_whole_start_tag(fixture: Any) -> None:
     assert fixture.data[fixture.decided_at - 1 : fixture.decided_at] == b">"
-
-
-@FAST
-@given(st.sampled_from(FIXTURES), st.binary(max_size=64))
-def test_fixture_verdict_survives_appended_bytes(fixture: Any, suffix: bytes) -> None:
-    verdict = DETECTOR.detect(fixture.data)
-    assert DETECTOR.detect(fixture.data + suffix) == verdict
-    assert DETECTOR.detect(fixture.data[: fixture.decided_at] + suffix) == verdict
 
 
 def test_slixmpp_sends_no_declaration() -> None:
@@ -229,11 +202,6 @@ def test_other_protocols_do_not_match(other: bytes) -> None:
     assert isinstance(DETECTOR.detect(other), NoMatch)
 
 
-@parametrize([f for kind in ("http", "ssh") for f in load(kind) if f.matches])
-def test_other_detectors_fixtures_do_not_match(fixture: Any) -> None:
-    assert isinstance(DETECTOR.detect(fixture.data), NoMatch)
-
-
 def test_tls_client_hellos_do_not_match() -> None:
     hellos = tls_client_hellos()
     assert hellos
@@ -243,15 +211,6 @@ def test_tls_client_hellos_do_not_match() -> None:
 
 
 # -- properties ---------------------------------------------------------------
-
-
-def _random_bytes_keep_promises(data: bytes, suffix: bytes) -> None:
-    check_final(DETECTOR, data, suffix)
-
-
-test_random_bytes, test_random_bytes_slow = fast_and_slow(
-    st.binary(max_size=600), st.binary(max_size=32)
-)(_random_bytes_keep_promises)
 
 
 def _xml_like_keeps_promises(data: bytes, suffix: bytes) -> None:
@@ -268,15 +227,6 @@ _XML_ALPHABET = st.sampled_from(
 test_xml_like_bytes, test_xml_like_bytes_slow = fast_and_slow(
     st.lists(_XML_ALPHABET, max_size=40).map(b"".join), st.binary(max_size=16)
 )(_xml_like_keeps_promises)
-
-
-def _mutated_fixtures_keep_promises(fixture: Any, edits: list[Any], suffix: bytes) -> None:
-    check_final(DETECTOR, mutate(fixture.data, edits), suffix)
-
-
-test_mutated_fixtures, test_mutated_fixtures_slow = fast_and_slow(
-    st.sampled_from(FIXTURES), EDITS, st.binary(max_size=16)
-)(_mutated_fixtures_keep_promises)
 
 
 # -- generated valid headers ----------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.certs import DOMAIN, Certificate
 from tests.integration.clients import curl, require
+from tests.integration.configs import TLS_TO_HTTP_SITE
 from tests.integration.conftest import GatekeepRunner
 from tests.integration.peers import (
     _PROSODY_CFG,
@@ -33,25 +34,7 @@ pytestmark = pytest.mark.slow
 
 CLIENT_IP = "127.0.0.6"
 
-CONFIG = """
-[[listener]]
-name = "edge"
-endpoint = "tcp:0:interface=127.0.0.1"
-service = "edge"
-
-[service.edge]
-
-[[service.edge.route]]
-name = "tls"
-match.tls = {{ sni = ["example.test", "*.example.test"] }}
-terminate = {{ certificates = "{certs}", alpn = ["h2", "http/1.1"], service = "inner" }}
-
-[service.inner]
-
-[[service.inner.route]]
-name = "web"
-http = "site"
-
+CONFIG = TLS_TO_HTTP_SITE + """
 [http.site]
 response_timeout = "90s"    # BOSH holds requests open for up to `wait` seconds
 

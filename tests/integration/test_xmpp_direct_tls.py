@@ -11,36 +11,15 @@ import pytest
 
 from tests.integration.certs import DOMAIN, Certificate
 from tests.integration.clients import tls_handshake, xmpp_login
+from tests.integration.configs import start_tls_passthrough
 from tests.integration.conftest import GatekeepRunner
 from tests.integration.peers import XMPP_PASSWORD, Gatekeep, Prosody, Web
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-[[listener]]
-name = "edge"
-endpoint = "tcp:0:interface=127.0.0.1"
-service = "edge"
-detect_timeout = "5s"
-
-[service.edge]
-
-[[service.edge.route]]
-name = "xmpp-tls"
-match.tls = {{ sni = ["example.test"], alpn = ["xmpp-client"] }}
-forward = {{ to = "tcp:127.0.0.1:{xmpp}" }}
-
-[[service.edge.route]]
-name = "web-https"
-match.tls = {{ sni = ["example.test", "*.example.test"] }}
-forward = {{ to = "tcp:127.0.0.1:{https}" }}
-"""
-
-
 @pytest.fixture(scope="module")
 def gatekeep(gatekeep_runner: GatekeepRunner, prosody: Prosody, web: Web) -> Gatekeep:
-    return gatekeep_runner(
-        CONFIG.format(xmpp=prosody.direct_tls_port, https=web.https_port), ["edge"])
+    return start_tls_passthrough(gatekeep_runner, prosody, web)
 
 
 def test_slixmpp_direct_tls_login_and_message(

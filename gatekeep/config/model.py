@@ -18,7 +18,7 @@ import attrs
 from gatekeep.config.endpoints import server_endpoint_problem
 from gatekeep.config.schema import expect, setting
 from gatekeep.config.tor import TorSettings
-from gatekeep.config.units import parse_duration, parse_rate
+from gatekeep.config.units import parse_duration, parse_positive_rate
 from gatekeep.preamble import ProxyMode
 from gatekeep.values import Service
 
@@ -96,12 +96,9 @@ def _positive_int(value: object) -> int:
 
 
 def _event_rate(value: object) -> float:
-    rate, unit = parse_rate(value)
-    if unit != "events":
-        raise ValueError(f'{value!r} is a rate of bytes; connections are counted, e.g. "20/s"')
-    if rate <= 0:
-        raise ValueError("must be more than zero")
-    return rate
+    return parse_positive_rate(
+        value, "events", 'is a rate of bytes; connections are counted, e.g. "20/s"'
+    )
 
 
 def _prefix_v6(value: object) -> int:

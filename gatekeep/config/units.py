@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_rate", "parse_size"]
+__all__ = [
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_positive_rate",
+    "parse_rate",
+    "parse_size",
+]
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -81,3 +88,18 @@ def parse_rate(value: object) -> tuple[float, str]:
                 return float(amount) / seconds, "events"
             return parse_size(amount) / seconds, "bytes"
     raise ValueError(f"{value!r} is not a rate: use e.g. \"2MiB/s\" (bytes) or \"20/s\" (events)")
+
+
+def parse_positive_rate(value: object, unit: str, other_unit: str) -> float:
+    """
+    A rate of ``unit`` (``"bytes"`` or ``"events"``) a second, more than zero.
+
+    A rate of the other unit is refused with ``other_unit`` after the value: what the
+    setting counts instead, with an example.
+    """
+    rate, found = parse_rate(value)
+    if found != unit:
+        raise ValueError(f"{value!r} {other_unit}")
+    if rate <= 0:
+        raise ValueError("must be more than zero")
+    return rate

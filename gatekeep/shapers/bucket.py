@@ -13,7 +13,7 @@ import attrs
 from zope.interface import implementer
 
 from gatekeep.config.schema import setting
-from gatekeep.config.units import parse_rate, parse_size
+from gatekeep.config.units import parse_positive_rate, parse_size
 from gatekeep.interfaces import IShaper
 
 __all__ = ["Bucket", "TokenBucket"]
@@ -55,12 +55,9 @@ class Bucket:
 
 
 def _byte_rate(value: object) -> float:
-    rate, unit = parse_rate(value)
-    if unit != "bytes":
-        raise ValueError(f'{value!r} counts events; a shaper needs bytes, e.g. "1MiB/s"')
-    if rate <= 0:
-        raise ValueError("must be more than zero")
-    return rate
+    return parse_positive_rate(
+        value, "bytes", 'counts events; a shaper needs bytes, e.g. "1MiB/s"'
+    )
 
 
 def _burst(value: object) -> int:

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep.config.units import format_duration, parse_duration, parse_rate, parse_size
+from gatekeep.config.units import (
+    format_duration,
+    parse_duration,
+    parse_positive_rate,
+    parse_rate,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +52,21 @@ def test_rates() -> None:
     with pytest.raises(ValueError, match="rate"):
         parse_rate("fast")
 
+
+
+def test_positive_rates_of_one_unit() -> None:
+    assert parse_positive_rate("20/m", "events", "is bytes") == pytest.approx(20 / 60)
+    assert parse_positive_rate("2KiB/s", "bytes", "is events") == 2048
+    with pytest.raises(ValueError, match=r"^'2KiB/s' is bytes, not events$"):
+        parse_positive_rate("2KiB/s", "events", "is bytes, not events")
+    with pytest.raises(ValueError, match=r"^'20/s' is events$"):
+        parse_positive_rate("20/s", "bytes", "is events")
+    for zero in ("0/s", "0B/s"):
+        unit = parse_rate(zero)[1]
+        with pytest.raises(ValueError, match="must be more than zero"):
+            parse_positive_rate(zero, unit, "is the other unit")
+    with pytest.raises(ValueError, match="is not a rate"):
+        parse_positive_rate("20", "events", "is bytes")
 
 @given(st.integers(min_value=1, max_value=10**7))
 def test_format_duration_round_trips(milliseconds: int) -> None:

@@ -86,6 +86,7 @@ class _Counting:
         return getattr(self._transport, name)
 
 
+@implementer(ITCPTransport)  # what _Counting provides, declared once for the class
 class TerminatingProtocol(TLSMemoryBIOProtocol):
     """
     TLS server side over the sniffed connection, with the context chosen by SNI.
@@ -114,7 +115,21 @@ class TerminatingProtocol(TLSMemoryBIOProtocol):
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        super().makeConnection(_Counting(transport, self.inbound.record))
+        counting = _Counting(transport, self.inbound.record)
+        # Twisted's TLSMemoryBIOProtocol.makeConnection less two per-connection costs:
+        # it copies the transport's interfaces onto the protocol (twice: directlyProvides
+        # per interface, then ProtocolWrapper's own; declared once for the class here), and it
+        # takes a first handshake step before any byte arrived, which on the server
+        # side only raises WantReadError twice: the ClientHello the chain read comes
+        # next, through dataReceived, and starts the handshake.
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        Protocol.makeConnection(self, counting)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            # ProtocolWrapper.makeConnection, less its own copy of the interfaces and a
+            # second Protocol.makeConnection and registerProtocol (done just above).
+            self.wrappedProtocol.makeConnection(self)
 
     def _flushReceiveBIO(self) -> None:
         # Twisted's loop, except for what a close_notify means.

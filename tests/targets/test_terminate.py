@@ -13,9 +13,11 @@ from typing import Any
 
 from OpenSSL import SSL, crypto
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvidedBy
 from zope.interface.verify import verifyObject
 
 from gatekeep import metrics
@@ -23,6 +25,7 @@ from gatekeep.config.loader import load_config
 from gatekeep.interfaces import ITarget
 from gatekeep.registry import load_registry
 from gatekeep.sniff import ListenerRuntime, SniffingProtocol
+from gatekeep.targets._inner import TerminatingProtocol
 from gatekeep.targets.terminate import TerminateTarget
 from tests.helpers import captured_log
 from tests.tlscerts import CA, make_ca, scratch_dir
@@ -155,6 +158,27 @@ class TerminateTests(SynchronousTestCase):
         self.runtime(f'certificates = "{self.dir}"')
         verifyObject(ITarget, self.target)
         self.assertIsInstance(self.target, TerminateTarget)
+
+    def test_tls_layer_set_up_without_per_connection_interface_copies(self) -> None:
+        """
+        The TLS layer provides ITCPTransport from its class (not copied onto each
+        connection), writes nothing before the ClientHello is replayed, and handshakes.
+        """
+        client = MemoryClient("example.test")
+        protocol, _transport = self.connect(client)
+        tls: Any = protocol.attached
+        self.assertIsInstance(tls, TerminatingProtocol)
+        self.assertTrue(ITCPTransport.providedBy(tls))
+        self.assertEqual(list(directlyProvidedBy(tls)), [])
+        self.assertIsNone(client.error)
+        self.assertEqual(self.served_name(client), "CN=example.test")
+
+        target: Any = self.target
+        fresh = TerminatingProtocol(target, tls.inbound, tls.context, "example.test")
+        quiet = StringTransport()
+        fresh.makeConnection(quiet)
+        self.assertEqual(quiet.value(), b"")
+        self.assertFalse(quiet.disconnecting)
 
     def served_name(self, client: MemoryClient) -> str:
         certificate = client.tls.get_peer_certificate(as_cryptography=True)

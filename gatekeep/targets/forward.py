@@ -16,7 +16,6 @@ from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IStreamClientEndpoint,
     ITransport,
@@ -36,6 +35,7 @@ from gatekeep.relay import BackendSide, Relay
 from gatekeep.targets.backendtls import Pin, check_pinned_target, parse_pins, pinned_endpoint
 from gatekeep.targets.proxyheader import TLV_NAMES, outgoing_header
 from gatekeep.targets.transparent import TransparentEndpoint, parse_tcp_destination
+from gatekeep.timeouts import QueuedDeadline, deadlines_for
 from gatekeep.values import Inbound
 
 __all__ = ["ForwardTarget"]
@@ -200,7 +200,7 @@ class ClientSide(Protocol):
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
         self._connecting: defer.Deferred[Any] | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: QueuedDeadline | None = None
         self._timed_out = False
         self._started = 0.0
 
@@ -216,7 +216,8 @@ class ClientSide(Protocol):
         connecting = self.endpoint.connect(factory)
         timeout = self.inbound.route.connect_timeout
         if timeout is not None:
-            self._timer = self.inbound.reactor.callLater(timeout, self._timedOut)
+            # A queue shared by all connections with this timeout, not a DelayedCall each.
+            self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
         connecting.addErrback(self._failed)
         self._connecting = connecting
 

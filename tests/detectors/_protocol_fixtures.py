@@ -105,6 +105,28 @@ def check_final(detector: IDetector, data: bytes, suffix: bytes) -> Verdict:
     return verdict
 
 
+def match_facts(detector: IDetector, data: bytes) -> dict[str, object]:
+    """The facts of ``detector``'s answer to ``data``, which must be a Match."""
+    verdict = detector.detect(data)
+    assert isinstance(verdict, Match), verdict
+    return dict(verdict.facts)
+
+
+def check_generated_match(
+    detector: IDetector, data: bytes, expected: dict[str, object], cut: int
+) -> None:
+    """A generated valid message matches with the facts it was built from, not before."""
+    assert match_facts(detector, data) == expected
+    assert detector.detect(data[: cut % len(data)]) == NeedMore()
+    assert detector.detect(data[:-1]) == NeedMore()
+
+
+def check_needs_every_byte(detector: IDetector, data: bytes) -> None:
+    """Every proper prefix of ``data`` is NeedMore."""
+    for n in range(len(data)):
+        assert detector.detect(data[:n]) == NeedMore()
+
+
 def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     """Apply (kind, position, byte) edits: replace, insert, delete or truncate."""
     out = bytearray(data)

@@ -24,9 +24,12 @@ from gatekeep.values import Match, NeedMore, NoMatch
 from tests.detectors._protocol_fixtures import (
     FAST,
     check_final,
+    check_generated_match,
+    check_needs_every_byte,
     detector_contract,
     fast_and_slow,
     load,
+    match_facts,
     parametrize,
     tls_client_hellos,
 )
@@ -38,9 +41,7 @@ H2_FACTS = {"method": None, "host": None, "port": None, "path": None, "version":
 
 
 def facts(data: bytes) -> dict[str, object]:
-    verdict = DETECTOR.detect(data)
-    assert isinstance(verdict, Match), verdict
-    return dict(verdict.facts)
+    return match_facts(DETECTOR, data)
 
 
 def host_of(value: bytes) -> tuple[object, object]:
@@ -320,9 +321,7 @@ def requests(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
 
 def _generated_requests_match(request: tuple[bytes, dict[str, object]], cut: int) -> None:
     data, expected = request
-    assert facts(data) == expected
-    assert DETECTOR.detect(data[: cut % len(data)]) == NeedMore()
-    assert DETECTOR.detect(data[:-1]) == NeedMore()
+    check_generated_match(DETECTOR, data, expected, cut)
 
 
 test_generated_requests, test_generated_requests_slow = fast_and_slow(
@@ -334,6 +333,4 @@ test_generated_requests, test_generated_requests_slow = fast_and_slow(
 @FAST
 @given(requests())
 def test_generated_requests_every_prefix(request: tuple[bytes, dict[str, object]]) -> None:
-    data, _ = request
-    for n in range(len(data)):
-        assert DETECTOR.detect(data[:n]) == NeedMore()
+    check_needs_every_byte(DETECTOR, request[0])

@@ -24,9 +24,12 @@ from gatekeep.values import Match, NeedMore, NoMatch
 from tests.detectors._protocol_fixtures import (
     FAST,
     check_final,
+    check_generated_match,
+    check_needs_every_byte,
     detector_contract,
     fast_and_slow,
     load,
+    match_facts,
     parametrize,
     tls_client_hellos,
 )
@@ -38,9 +41,7 @@ OPEN = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
 
 
 def facts(data: bytes) -> dict[str, object]:
-    verdict = DETECTOR.detect(data)
-    assert isinstance(verdict, Match), verdict
-    return dict(verdict.facts)
+    return match_facts(DETECTOR, data)
 
 
 def reason(data: bytes) -> str:
@@ -329,9 +330,7 @@ def stream_headers(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
 
 def _generated_headers_match(header: tuple[bytes, dict[str, object]], cut: int) -> None:
     data, expected = header
-    assert facts(data) == expected
-    assert DETECTOR.detect(data[: cut % len(data)]) == NeedMore()
-    assert DETECTOR.detect(data[:-1]) == NeedMore()
+    check_generated_match(DETECTOR, data, expected, cut)
 
 
 test_generated_headers, test_generated_headers_slow = fast_and_slow(
@@ -343,6 +342,4 @@ test_generated_headers, test_generated_headers_slow = fast_and_slow(
 @FAST
 @given(stream_headers())
 def test_generated_headers_every_prefix(header: tuple[bytes, dict[str, object]]) -> None:
-    data, _ = header
-    for n in range(len(data)):
-        assert DETECTOR.detect(data[:n]) == NeedMore()
+    check_needs_every_byte(DETECTOR, header[0])

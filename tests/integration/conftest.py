@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.certs import Certificate, make_certificate
 from tests.integration.clients import require
+from tests.integration.ops_support import EchoServer
 from tests.integration.peers import (
     BannerServer,
     Gatekeep,
@@ -128,6 +129,14 @@ def offline_tor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineTor
     yield started
     started.peer.stop()
 
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    """A threaded TCP echo backend on 127.0.0.1, stopped after the test."""
+    server = EchoServer()
+    yield server
+    server.stop()
 
 @pytest.fixture(scope="module")
 def gatekeep_runner(

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,13 +54,6 @@ default = "{route}"
 name = "{route}"
 forward = {{ to = "tcp:127.0.0.1:{echo}" }}
 """
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    yield server
-    server.stop()
 
 
 def reload_with(gatekeep: Gatekeep, path: Path, text: str, pidfile: Path, use_cli: bool) -> str:

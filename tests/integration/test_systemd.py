@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,6 @@ default = "echo"
 name = "echo"
 forward = {{ to = "tcp:127.0.0.1:{echo}" }}
 """
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    yield server
-    server.stop()
 
 
 class Notifications:

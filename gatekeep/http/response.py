@@ -27,6 +27,29 @@ _LINE = re.compile(rb"\r?\n")
 _CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 
+def head_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
+    """
+    Where the first blank line (``\\r?\\n\\r?\\n``) starts and ends, or None: what
+    ``_HEAD_END.search`` finds, with two ``find`` scans instead of the regex engine.
+    """
+    found = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\n\r\n")) if i >= 0]
+    if not found:
+        return None
+    first = min(found)  # the blank line's first LF
+    start = first - 1 if first > 0 and buffer[first - 1] == 13 else first
+    return start, first + (2 if buffer[first + 1] == 10 else 3)
+
+
+def split_lines(head: bytes) -> list[bytes]:
+    """``_LINE.split(head)``: lines ended by LF or CRLF (a last line keeps a lone CR)."""
+    lines = head.split(b"\n")
+    for index in range(len(lines) - 1):
+        line = lines[index]
+        if line[-1:] == b"\r":
+            lines[index] = line[:-1]
+    return lines
+
+
 class BackendError(Exception):
     """The backend's bytes are not a response gatekeep can pass on."""
 
@@ -121,7 +144,7 @@ class ResponseReader:
 
     def _head(self) -> Informational | ResponseHead | _Marker:
         buffer = self._buffer
-        end = _HEAD_END.search(buffer)
+        end = head_end(buffer)
         if end is None:
             if len(buffer) > MAX_HEAD:
                 raise BackendError(f"response head longer than {MAX_HEAD} bytes")
@@ -129,8 +152,8 @@ class ResponseReader:
                 raise BackendError("the backend closed the connection before a response"
                                    if not buffer else "the backend closed mid-response-head")
             return NEED_DATA
-        lines = _LINE.split(bytes(buffer[:end.start()]))
-        del buffer[:end.end()]
+        lines = split_lines(bytes(buffer[:end[0]]))
+        del buffer[:end[1]]
         line = _STATUS.fullmatch(lines[0])
         if line is None:
             raise BackendError("malformed status line")

@@ -170,3 +170,20 @@ class SendNowTests(TestCase):
 
         result: Deferred[None] = connecting.addCallback(check)
         return result
+
+
+class HeadScanTests(SynchronousTestCase):
+    def test_head_end_and_lines_equal_the_regexes_on_every_short_input(self) -> None:
+        """Every string of up to 8 bytes of ``a``, CR and LF, as bytes and bytearray."""
+        from itertools import product
+
+        from gatekeep.http.response import _HEAD_END, _LINE, head_end, split_lines
+
+        for size in range(9):
+            for letters in product(b"a\r\n", repeat=size):
+                data = bytes(letters)
+                found = _HEAD_END.search(data)
+                expected = None if found is None else (found.start(), found.end())
+                self.assertEqual(head_end(data), expected, data)
+                self.assertEqual(head_end(bytearray(data)), expected, data)
+                self.assertEqual(split_lines(data), _LINE.split(data), data)

@@ -132,9 +132,19 @@ def _split_target(target: bytes, method: bytes) -> tuple[bytes | None, bytes]:
     raise BadRequest("request-target in no form a reverse proxy accepts")
 
 
+def has_bare_cr_or_lf(head: bytes) -> bool:
+    """
+    Whether ``head`` has a CR or an LF outside a CR LF pair (``_BARE_LF`` or ``_BARE_CR``
+    would match): each CR LF holds one CR and one LF, so any other is bare. Three counts
+    in C instead of two regex scans with look-arounds.
+    """
+    pairs = head.count(b"\r\n")
+    return head.count(b"\n") != pairs or head.count(b"\r") != pairs
+
+
 def parse_head(head: bytes) -> RequestHead:
     """The head (without its final empty line's CR LF) as a :class:`RequestHead`."""
-    if _BARE_LF.search(head) or _BARE_CR.search(head):
+    if has_bare_cr_or_lf(head):
         raise BadRequest("bare CR or LF in the request head")
     lines = head.split(b"\r\n")
     line = _REQUEST_LINE.fullmatch(lines[0])

@@ -187,3 +187,14 @@ class HeadScanTests(SynchronousTestCase):
                 self.assertEqual(head_end(data), expected, data)
                 self.assertEqual(head_end(bytearray(data)), expected, data)
                 self.assertEqual(split_lines(data), _LINE.split(data), data)
+
+    def test_bare_cr_or_lf_equals_the_regexes_on_every_short_input(self) -> None:
+        from itertools import product
+
+        from gatekeep.http.reader import _BARE_CR, _BARE_LF, has_bare_cr_or_lf
+
+        for size in range(9):
+            for letters in product(b"a\r\n", repeat=size):
+                data = bytes(letters)
+                expected = bool(_BARE_LF.search(data) or _BARE_CR.search(data))
+                self.assertEqual(has_bare_cr_or_lf(data), expected, data)

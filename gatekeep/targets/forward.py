@@ -14,13 +14,13 @@ from typing import Any
 import attrs
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,6 +45,20 @@ log = Logger()
 # Endpoint kinds whose connections are plain sockets, which the relay may splice;
 # tls:, tor: and plugins' endpoints wrap theirs and keep the portable relay.
 _PLAIN_KINDS = frozenset({"tcp", "tcp6", "unix"})
+
+
+#: What ``reactor.connectTCP`` needs for a ``tcp:`` backend: host, port, timeout, bind.
+_Direct = tuple[str, int, float, Any]
+
+
+def _direct(endpoint: IStreamClientEndpoint) -> _Direct | None:
+    """
+    The ``connectTCP`` arguments of a parsed ``tcp:`` endpoint (``TCP4ClientEndpoint``
+    itself makes exactly this call), or ``None`` for any other kind.
+    """
+    if type(endpoint) is not TCP4ClientEndpoint:
+        return None
+    return (endpoint._host, endpoint._port, endpoint._timeout, endpoint._bindAddress)
 
 
 def _proxy_version(value: object) -> int:
@@ -135,6 +149,8 @@ class ForwardTarget:
     # the connect itself.
     _endpoints: weakref.WeakKeyDictionary[Any, IStreamClientEndpoint] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    _directs: weakref.WeakKeyDictionary[Any, _Direct | None] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         endpoint = self._endpoints.get(reactor)
@@ -143,6 +159,14 @@ class ForwardTarget:
                 pinned_endpoint(reactor, self.to, self.tls_pin) if self.tls_pin
                 else clientFromString(reactor, self.to))
         return endpoint
+
+    def direct(self, reactor: Any) -> _Direct | None:
+        """For a ``tcp:`` backend, the parsed ``connectTCP`` arguments (else ``None``)."""
+        try:
+            return self._directs[reactor]
+        except KeyError:
+            direct = self._directs[reactor] = _direct(self.endpoint(reactor))
+            return direct
 
     @property
     def _plain_socket(self) -> bool:
@@ -168,9 +192,11 @@ class ForwardTarget:
         preamble = b""
         if self.proxy_protocol is not None:
             preamble = outgoing_header(inbound, self.proxy_protocol, self.proxy_tlvs)
-        endpoint = self._transparent(inbound) if self.transparent \
-            else self.endpoint(inbound.reactor)
-        return ClientSide(inbound, endpoint, preamble, fast=self._plain_socket)
+        if self.transparent:
+            return ClientSide(inbound, self._transparent(inbound), preamble, fast=True)
+        reactor = inbound.reactor
+        return ClientSide(inbound, self.endpoint(reactor), preamble, fast=self._plain_socket,
+                          direct=self.direct(reactor))
 
     def describe(self) -> str:
         extra = f" with PROXY v{self.proxy_protocol}" if self.proxy_protocol else ""
@@ -183,15 +209,53 @@ class ForwardTarget:
         return f"forward to {self.to}{extra}"
 
 
+class _DirectConnect(ClientFactory):
+    """
+    One ``connectTCP`` to a ``tcp:`` backend, reporting to its :class:`ClientSide` as
+    the endpoint's Deferred would: the connection, or a failure (``cancel`` stops
+    connecting and fails with ``ConnectingCancelledError``, as cancelling it does).
+    """
+
+    noisy = False
+
+    def __init__(self, side: ClientSide, relay: Relay) -> None:
+        self.side = side
+        self.relay = relay
+        self.connector: Any = None
+        self.done = False
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.done = True
+        return BackendSide(self.relay, self.side._joined)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.done:
+            self.done = True
+            self.side._failed(reason)
+
+    def cancel(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        connector = self.connector
+        if connector is not None:
+            connector.stopConnecting()
+        address = connector.getDestination() if connector is not None else None
+        self.side._failed(Failure(error.ConnectingCancelledError(address)))
+
+
 @implementer(IHalfCloseableProtocol)
 class ClientSide(Protocol):
     """Takes over the client's connection until the backend answers, then relays."""
 
     def __init__(
         self, inbound: Inbound, endpoint: IStreamClientEndpoint, preamble: bytes = b"",
-        fast: bool = False,
+        fast: bool = False, direct: _Direct | None = None,
     ) -> None:
         self.inbound = inbound
+        #: ``connectTCP``'s arguments: connect without the endpoint's per-connection
+        #: wrapping factory, protocol and Deferred.
+        self.direct = direct
         #: The backend is a plain socket endpoint: the relay may splice (Linux).
         self.fast = fast
         self.endpoint = endpoint
@@ -199,7 +263,7 @@ class ClientSide(Protocol):
         self.preamble = preamble
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
-        self._connecting: defer.Deferred[Any] | None = None
+        self._connecting: defer.Deferred[Any] | _DirectConnect | None = None
         self._timer: QueuedDeadline | None = None
         self._timed_out = False
         self._started = 0.0
@@ -211,13 +275,23 @@ class ClientSide(Protocol):
         self.relay = relay = Relay(transport, self.inbound.record, self.inbound.shaping,
                                    self.inbound.reactor, fast=self.fast)
         self._started = self.inbound.reactor.seconds()
-        factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
-        factory.noisy = False
-        connecting = self.endpoint.connect(factory)
         timeout = self.inbound.route.connect_timeout
         if timeout is not None:
             # A queue shared by all connections with this timeout, not a DelayedCall each.
             self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
+        if self.direct is not None:
+            direct = _DirectConnect(self, relay)
+            self._connecting = direct
+            host, port, connect_timeout, bind = self.direct
+            try:
+                direct.connector = self.inbound.reactor.connectTCP(
+                    host, port, direct, timeout=connect_timeout, bindAddress=bind)
+            except Exception:  # noqa: BLE001 - as the endpoint's Deferred would: a failure
+                direct.clientConnectionFailed(None, Failure())
+            return
+        factory = Factory.forProtocol(lambda: BackendSide(relay, self._joined))
+        factory.noisy = False
+        connecting = self.endpoint.connect(factory)
         connecting.addErrback(self._failed)
         self._connecting = connecting
 

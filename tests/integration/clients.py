@@ -195,41 +195,37 @@ def tls_handshake(port: int, server_name: str, alpn: Sequence[str], cafile: Path
 
 # ---------------------------------------------------------------- Chromium
 
-def chromium_dump_dom(url: str, resolve: str, home: Path, timeout: float = 90.0) -> Result:
+def _chromium(url: str, resolve: str, home: Path, options: list[str],
+              timeout: float) -> Result:
     """
-    ``chromium --headless --dump-dom URL`` with ``resolve`` = ``"MAP name 127.0.0.1"``.
+    Headless Chromium on ``url`` with ``options``; ``resolve`` = ``"MAP name 127.0.0.1"``.
 
     Everything Chromium writes (profile, cache, crash database) goes under ``home``;
     any other name fails to resolve, so nothing leaves the machine.
     """
-    profile = home / "profile"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
-           "XDG_CACHE_HOME": str(home / "cache")}
-    argv = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}",
-        f"--host-resolver-rules={resolve}, MAP * ~NOTFOUND",
-        "--ignore-certificate-errors", "--dump-dom", url,
-    ]
-    return run(argv, timeout=timeout, env=env)
-
-
-def chromium_screenshot(url: str, png: Path, home: Path, resolve: str, size: str = "1100,900",
-                        timeout: float = 90.0) -> Result:
-    """``chromium --headless --screenshot=PNG URL``; names resolve only as ``resolve`` maps."""
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
            "XDG_CACHE_HOME": str(home / "cache")}
     argv = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", f"--user-data-dir={home / 'profile'}",
-        f"--host-resolver-rules={resolve}, MAP * ~NOTFOUND", f"--window-size={size}",
-        f"--screenshot={png}", url,
+        f"--user-data-dir={home / 'profile'}",
+        f"--host-resolver-rules={resolve}, MAP * ~NOTFOUND", *options, url,
     ]
     return run(argv, timeout=timeout, env=env)
+
+
+def chromium_dump_dom(url: str, resolve: str, home: Path, timeout: float = 90.0) -> Result:
+    """``chromium --headless --dump-dom URL``, any certificate accepted, no QUIC."""
+    options = ["--disable-quic", "--ignore-certificate-errors", "--dump-dom"]
+    return _chromium(url, resolve, home, options, timeout)
+
+
+def chromium_screenshot(url: str, png: Path, home: Path, resolve: str, size: str = "1100,900",
+                        timeout: float = 90.0) -> Result:
+    """``chromium --headless --screenshot=PNG URL`` in a window of ``size``."""
+    options = ["--hide-scrollbars", f"--window-size={size}", f"--screenshot={png}"]
+    return _chromium(url, resolve, home, options, timeout)
 
 
 # ---------------------------------------------------------------- XMPP

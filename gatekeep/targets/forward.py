@@ -48,7 +48,7 @@ _PLAIN_KINDS = frozenset({"tcp", "tcp6", "unix"})
 
 
 #: What ``reactor.connectTCP`` needs for a ``tcp:`` backend: host, port, timeout, bind.
-_Direct = tuple[str, int, float, Any]
+_Direct = tuple[str, int, float | None, Any]
 
 
 def _direct(endpoint: IStreamClientEndpoint) -> _Direct | None:
@@ -283,6 +283,10 @@ class ClientSide(Protocol):
             direct = _DirectConnect(self, relay)
             self._connecting = direct
             host, port, connect_timeout, bind = self.direct
+            if timeout is not None and connect_timeout is not None and \
+                    timeout <= connect_timeout:
+                # The route's deadline comes first: no connector timer (a DelayedCall).
+                connect_timeout = None
             try:
                 direct.connector = self.inbound.reactor.connectTCP(
                     host, port, direct, timeout=connect_timeout, bindAddress=bind)

@@ -18,9 +18,10 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"
 
 
 class DirectConnectTests(SynchronousTestCase):
-    def connect(self, to: str) -> tuple[MemoryReactorClock, SniffingProtocol, StringTransport]:
+    def connect(self, to: str, connect_timeout: float | None = 3.0,
+                ) -> tuple[MemoryReactorClock, SniffingProtocol, StringTransport]:
         reactor = MemoryReactorClock()
-        route = Route("http", "http", (), ForwardTarget(to=to), connect_timeout=3.0)
+        route = Route("http", "http", (), ForwardTarget(to=to), connect_timeout=connect_timeout)
         runtime = ListenerRuntime.build(
             "edge", Service("svc", (route,)), {"http": HTTPDetector()}, 5.0, reactor)
         protocol = SniffingProtocol(runtime)
@@ -31,7 +32,7 @@ class DirectConnectTests(SynchronousTestCase):
 
     def test_tcp_uses_the_endpoints_arguments_and_builds_the_backend_side_itself(self) -> None:
         reactor, _protocol, client = self.connect(
-            "tcp:host=127.0.0.1:port=8080:timeout=7:bindAddress=127.0.0.2")
+            "tcp:host=127.0.0.1:port=8080:timeout=7:bindAddress=127.0.0.2", None)
         [(host, port, factory, timeout, bind)] = reactor.tcpClients
         self.assertEqual((host, port, timeout, bind), ("127.0.0.1", 8080, 7, ("127.0.0.2", 0)))
         backend = factory.buildProtocol(None)
@@ -41,6 +42,14 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertEqual(transport.value(), REQUEST)
         backend.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(client.value(), b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def test_the_connector_timer_only_when_it_would_come_first(self) -> None:
+        # connect_timeout 3 s comes before the endpoint's 30 s (or 7 s): no connector timer.
+        for to, expected in (("tcp:127.0.0.1:8080", None), ("tcp:127.0.0.1:8080:timeout=7", None),
+                             ("tcp:127.0.0.1:8080:timeout=2", 2)):
+            reactor, _protocol, _client = self.connect(to)
+            [(_h, _p, _f, timeout, _b)] = reactor.tcpClients
+            self.assertEqual(timeout, expected, to)
 
     def test_a_failure_after_the_timeout_is_reported_once(self) -> None:
         reactor, _protocol, client = self.connect("tcp:127.0.0.1:8080")

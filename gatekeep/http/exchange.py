@@ -269,8 +269,10 @@ class Exchange:
             self.status = event.status
             self.response_started = True
             fields = []
-            listed = {t.strip().lower() for n, v in event.fields
-                      if n.lower() == b"connection" for t in v.split(b",")}
+            listed = event.connection
+            if listed is None:
+                listed = frozenset(t.strip().lower() for n, v in event.fields
+                                   if n.lower() == b"connection" for t in v.split(b","))
             for name, value in event.fields:
                 lower = name.lower()
                 if lower != b"content-length" and lower not in HOP_BY_HOP \

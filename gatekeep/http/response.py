@@ -86,6 +86,8 @@ class ResponseHead:
     keep_alive: bool
     #: 101: the connection now carries another protocol.
     switched: bool = False
+    #: The ``Connection`` field's tokens, lowercased (None: not read).
+    connection: frozenset[bytes] | None = None
 
 
 class ResponseReader:
@@ -207,7 +209,8 @@ class ResponseReader:
         else:
             self._state, keep = "close", False
         self.keep_alive = keep
-        return ResponseHead(status, reason, fields, length, keep)
+        return ResponseHead(status, reason, fields, length, keep,
+                            connection=frozenset(connection))
 
     def _take(self, limit: int) -> bytes:
         buffer = self._buffer

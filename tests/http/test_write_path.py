@@ -198,3 +198,25 @@ class HeadScanTests(SynchronousTestCase):
                 data = bytes(letters)
                 expected = bool(_BARE_LF.search(data) or _BARE_CR.search(data))
                 self.assertEqual(has_bare_cr_or_lf(data), expected, data)
+
+
+class ResponseConnectionTokens(SynchronousTestCase):
+    def test_the_reader_hands_over_the_connection_tokens_and_listed_fields_are_dropped(
+            self) -> None:
+        from gatekeep.http.response import ResponseHead, ResponseReader
+
+        reader = ResponseReader()
+        reader.expect(b"GET", False)
+        reader.feed(b"HTTP/1.1 200 OK\r\nConnection: X-Secret , Keep-Alive\r\n"
+                    b"X-Secret: 1\r\nContent-Length: 0\r\n\r\n")
+        head = reader.next_event()
+        assert isinstance(head, ResponseHead)
+        self.assertEqual(head.connection, frozenset({b"x-secret", b"keep-alive"}))
+
+        h = Harness(SITE)
+        _p, client = h.connect(GET)
+        backend, _t = h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\n"
+                             b"X-Kept: 2\r\nContent-Length: 0\r\n\r\n")
+        self.assertNotIn(b"X-Secret", client.value())
+        self.assertIn(b"X-Kept: 2\r\n", client.value())

@@ -23,6 +23,7 @@ from typing import Final
 import attrs
 
 from gatekeep.detectors.http import parse_authority as _parse_authority
+from gatekeep.http.events import END, NEED_DATA, PAUSED, Marker
 
 __all__ = ["END", "NEED_DATA", "PAUSED", "BadRequest", "RequestHead", "RequestReader"]
 
@@ -44,19 +45,6 @@ _CHUNK_SIZE = re.compile(
 
 #: A keep-alive client names the same host in every request: parse it once.
 parse_authority = functools.lru_cache(maxsize=1024)(_parse_authority)
-
-
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-END: Final = _Marker("END")
-NEED_DATA: Final = _Marker("NEED_DATA")
-PAUSED: Final = _Marker("PAUSED")
 
 
 class BadRequest(Exception):
@@ -231,7 +219,7 @@ class RequestReader:
         assert self._state == "done"
         self._state = "head"
 
-    def next_event(self) -> RequestHead | bytes | _Marker:
+    def next_event(self) -> RequestHead | bytes | Marker:
         state = self._state
         if state == "head":
             return self._head()
@@ -244,7 +232,7 @@ class RequestReader:
             return END
         return PAUSED
 
-    def _head(self) -> RequestHead | _Marker:
+    def _head(self) -> RequestHead | Marker:
         buffer = self._buffer
         # RFC 9112 2.2: one empty line before a request line may be ignored.
         if buffer.startswith(b"\r\n"):
@@ -279,7 +267,7 @@ class RequestReader:
         self.received_body += len(data)
         return data
 
-    def _length_body(self) -> bytes | _Marker:
+    def _length_body(self) -> bytes | Marker:
         if not self._buffer:
             return NEED_DATA
         data = self._take(self._remaining)
@@ -299,7 +287,7 @@ class RequestReader:
         del buffer[:end + 2]
         return line
 
-    def _chunked_body(self) -> bytes | _Marker:
+    def _chunked_body(self) -> bytes | Marker:
         while True:
             if self._chunk_state == "size":
                 line = self._line(1024)

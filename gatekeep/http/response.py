@@ -15,6 +15,8 @@ from typing import Final
 
 import attrs
 
+from gatekeep.http.events import END, NEED_DATA, Marker
+
 __all__ = ["END", "NEED_DATA", "BackendError", "Informational", "ResponseHead",
            "ResponseReader"]
 
@@ -52,18 +54,6 @@ def split_lines(head: bytes) -> list[bytes]:
 
 class BackendError(Exception):
     """The backend's bytes are not a response gatekeep can pass on."""
-
-
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-END: Final = _Marker("END")
-NEED_DATA: Final = _Marker("NEED_DATA")
 
 
 @attrs.frozen
@@ -122,7 +112,7 @@ class ResponseReader:
         self._state = "switched"
         return rest
 
-    def next_event(self) -> Informational | ResponseHead | bytes | _Marker:
+    def next_event(self) -> Informational | ResponseHead | bytes | Marker:
         state = self._state
         if state == "head":
             return self._head()
@@ -144,7 +134,7 @@ class ResponseReader:
             raise BackendError("bytes from the backend before any request")
         return NEED_DATA
 
-    def _head(self) -> Informational | ResponseHead | _Marker:
+    def _head(self) -> Informational | ResponseHead | Marker:
         buffer = self._buffer
         end = head_end(buffer)
         if end is None:
@@ -222,7 +212,7 @@ class ResponseReader:
             del buffer[:limit]
         return data
 
-    def _length(self) -> bytes | _Marker:
+    def _length(self) -> bytes | Marker:
         if not self._buffer:
             if self._eof:
                 raise BackendError("the backend closed before the end of the body")
@@ -243,7 +233,7 @@ class ResponseReader:
         del self._buffer[:found.end()]
         return line
 
-    def _chunked(self) -> bytes | _Marker:
+    def _chunked(self) -> bytes | Marker:
         while True:
             if self._chunk == "data":
                 if not self._buffer:

@@ -119,7 +119,11 @@ def test_check_lists_the_route_and_reports_bad_files(
 
 
 def test_the_tested_prosody_module_is_the_shipped_one() -> None:
+    # The Prosody fixture loads mod_gk_proxy_secure from contrib/ itself, and no copy
+    # elsewhere in the tree can shadow it on Prosody's plugin path.
+    from tests.integration.proxy_peers import CONTRIB, MODULES
+
     root = Path(__file__).resolve().parents[2]
-    shipped = root / "contrib" / "prosody" / "mod_gk_proxy_secure.lua"
-    tested = root / "tests" / "integration" / "prosody_modules" / "mod_gk_proxy_secure.lua"
-    assert shipped.read_bytes() == tested.read_bytes()
+    assert root / "contrib" / "prosody" == CONTRIB
+    assert (CONTRIB / "mod_gk_proxy_secure.lua").is_file()
+    assert not (MODULES / "mod_gk_proxy_secure.lua").exists()

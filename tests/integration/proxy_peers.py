@@ -36,6 +36,8 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "prosody_modules"
+#: What we ship to users (mod_gk_proxy_secure): tested as shipped, not as a copy.
+CONTRIB = HERE.parent.parent / "contrib" / "prosody"
 #: The client's own source address: not 127.0.0.1, which every proxy here uses.
 CLIENT_IP = "127.0.0.5"
 
@@ -125,7 +127,7 @@ def start_prosody_proxy(root: Path, certificate: Certificate,
         secure = free_port()
     mappings = f"[{proxy_port}] = \"c2s\"" + (f"; [{secure}] = \"c2s\"" if secure else "")
     extra = (
-        f"plugin_paths = {{ {_lua(MODULES)} }}\n"
+        f"plugin_paths = {{ {_lua(MODULES)}; {_lua(CONTRIB)} }}\n"
         f"proxy_port_mappings = {{ {mappings} }}\n"
         "proxy_trusted_proxies = { \"127.0.0.1\" }\n"
         + (f"gk_proxy_secure_ports = {{ {secure} }}\n" if secure else "")

@@ -138,8 +138,10 @@ def start_subject(subject: str, workdir: Path, certs: Path, backend: int) -> Ins
             raise StartError("twistd not found beside this Python (use the gatekeep venv)")
         config = workdir / "gatekeep-tls.toml"
         config.write_text(GATEKEEP.format(port=port, certs=certs, backend=backend))
-        # No per-connection log lines: HAProxy logs none either.
-        return _start("gatekeep", [twistd, "-n", "--pidfile=", "--logfile=/dev/null",
+        # twistd -n logs to stdout, here a file. Never --logfile=/dev/null: Twisted
+        # rotates a log file every megabyte, renaming the device and leaving a plain
+        # file in its place.
+        return _start("gatekeep", [twistd, "-n", "--pidfile=",
                                    "gatekeep", "--config", str(config)],
                       port, workdir, workdir / "gatekeep-tls.out")
     config = workdir / "haproxy-tls.cfg"

@@ -29,7 +29,8 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
-__all__ = ["FORMATS", "CachedTime", "event_as_json", "observer_for", "plain_fields"]
+__all__ = ["FORMATS", "PREFORMATTED", "CachedTime", "event_as_json", "observer_for",
+           "plain_fields"]
 
 FORMATS = ("text", "json")
 
@@ -109,14 +110,56 @@ class CachedTime:
         return self._text
 
 
+#: The format of an event whose message was formatted by its emitter (the connection line).
+PREFORMATTED = "{log_text}"
+
+
+def _system(event: LogEvent) -> str:
+    """The ``[system]`` part of a classic log line, as twisted.logger writes it."""
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    try:
+        return str(system)
+    except Exception:  # noqa: BLE001 - as twisted.logger: never fail to log
+        return "UNFORMATTABLE"
+
+
 def _text_observer(output: IO[str]) -> ILogObserver:
-    """twisted's ``textFileLogObserver`` with the timestamp cached per second."""
+    """
+    twisted's ``textFileLogObserver``, byte for byte, with the timestamp cached per
+    second; an event whose message is already text (``log_format`` is
+    :data:`PREFORMATTED`, as the connection line) skips the PEP 3101 formatting.
+    """
     when = CachedTime()
 
     def as_text(event: LogEvent) -> str | None:
-        return formatEventAsClassicLogText(event, formatTime=when)
+        text = event.get("log_text")
+        if (type(text) is not str or not text or event.get("log_format") != PREFORMATTED
+                or "log_failure" in event):
+            return formatEventAsClassicLogText(event, formatTime=when)
+        line = f"{when(event.get('log_time'))} [{_system(event)}] {text}"
+        if "\n" in line:
+            line = line.replace("\n", "\n\t")
+        return line + "\n"
 
     return FileLogObserver(output, as_text)
+
+
+def _rotate_on_sigusr1(output: LogFile) -> None:
+    """As twistd does for its own log file: SIGUSR1 rotates it (unless handled already)."""
+    import signal
+
+    if signal.getsignal(signal.SIGUSR1):
+        return
+
+    def rotate(signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(output.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)
 
 
 def _json_observer(output: IO[str]) -> ILogObserver:
@@ -132,7 +175,9 @@ def observer_for(log_format: str, logfile: str | None, nodaemon: bool) -> ILogOb
     if logfile == "-" or (nodaemon and not logfile):
         output = sys.stdout
     else:
-        output = LogFile.fromFullPath(logfile or "twistd.log")
+        rotating = LogFile.fromFullPath(logfile or "twistd.log")
+        _rotate_on_sigusr1(rotating)
+        output = rotating
     if log_format == "json":
         return _json_observer(output)
     return _text_observer(output)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     ITCPTransport,
@@ -30,8 +29,10 @@ from zope.interface import implementer
 
 from gatekeep import metrics
 from gatekeep.detectors.proxy import PREAMBLE, header_facts
+from gatekeep.http.sendnow import send_now
 from gatekeep.routing import Selection
 from gatekeep.sniff import ListenerRuntime, SniffingProtocol
+from gatekeep.timeouts import QueuedDeadline, deadlines_for
 from gatekeep.values import ConnectionRecord, FactValue, Inbound, Match, NoMatch
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ class _Counting:
 
     def write(self, data: bytes) -> None:
         self._record.bytes_out += len(data)
-        self._transport.write(data)
+        # TLS writes each flight as it is ready (handshake, tickets, records): sent at
+        # once, not on the reactor's next turn (two epoll_ctl calls and a loop trip each).
+        send_now(self._transport, data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         chunks = list(data)
@@ -200,7 +203,7 @@ class InnerSniffer(SniffingProtocol):
         self.outer = outer
         self.sni = sni
         self.handshake_done = False
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake_timer: QueuedDeadline | None = None
         self._began = 0.0
 
     def connectionMade(self) -> None:
@@ -208,8 +211,9 @@ class InnerSniffer(SniffingProtocol):
         self.client, self.server, self.header = outer.client, outer.server, outer.proxy
         self._began = outer.reactor.seconds()
         self.record = ConnectionRecord(outer.listener, outer.record.client, self._began)
-        self._handshake_timer = outer.reactor.callLater(
-            self.target.handshake_timeout, self._handshakeTimedOut)
+        # One shared queue per timeout value, not a DelayedCall per connection.
+        self._handshake_timer = deadlines_for(
+            outer.reactor, self.target.handshake_timeout).callLater(self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
         self._handshake_timer = None

@@ -288,6 +288,23 @@ class TerminateTests(SynchronousTestCase):
             protocol.connectionLost(connectionDone)
         self.assertEqual(events[0]["close_reason"], "TLS handshake timeout")
 
+    def test_pending_handshakes_share_one_timer(self) -> None:
+        runtime = self.runtime(f'certificates = "{self.dir}", handshake_timeout = "3s"')
+        protocols = []
+        for _ in range(3):
+            protocol = SniffingProtocol(runtime)
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(MemoryClient("example.test").hello())
+            protocols.append(protocol)
+        # One timer for the three handshakes' deadlines, not a DelayedCall each.
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(3)
+        for protocol in protocols:
+            transport: Any = protocol.transport
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(connectionDone)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_client_certificates_required(self) -> None:
         ca_file = self.ca.write(self.dir.parent / "clients.pem")
         terminate = (f'certificates = "{self.dir}", client_certificates = "required", '

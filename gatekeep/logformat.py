@@ -29,8 +29,16 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
-__all__ = ["FORMATS", "PREFORMATTED", "CachedTime", "event_as_json", "observer_for",
-           "plain_fields"]
+__all__ = [
+    "FORMATS",
+    "PREFORMATTED",
+    "CachedTime",
+    "event_as_json",
+    "json_observer",
+    "observer_for",
+    "plain_fields",
+    "text_observer",
+]
 
 FORMATS = ("text", "json")
 
@@ -57,8 +65,11 @@ def _plain(value: object) -> Any:
 _SKIP = object()
 
 
-def event_as_json(event: LogEvent) -> str:
-    """One log event as a single line of JSON (with its newline)."""
+def event_as_json(event: LogEvent, worker: int | None = None) -> str:
+    """
+    One log event as a single line of JSON (with its newline); a worker's events
+    end with ``"worker": N``.
+    """
     level = event.get("log_level")
     out: dict[str, Any] = {
         "time": datetime.fromtimestamp(event.get("log_time") or 0.0, UTC)
@@ -72,6 +83,8 @@ def event_as_json(event: LogEvent) -> str:
                                        includeSystem=False).split("\n", 1)[-1]
     for key, value in plain_fields(event).items():
         out.setdefault(key, value)
+    if worker is not None:
+        out["worker"] = worker
     return json.dumps(out, ensure_ascii=False, default=str) + "\n"
 
 
@@ -126,7 +139,7 @@ def _system(event: LogEvent) -> str:
         return "UNFORMATTABLE"
 
 
-def _text_observer(output: IO[str]) -> ILogObserver:
+def text_observer(output: IO[str]) -> ILogObserver:
     """
     twisted's ``textFileLogObserver``, byte for byte, with the timestamp cached per
     second; an event whose message is already text (``log_format`` is
@@ -162,7 +175,7 @@ def _rotate_on_sigusr1(output: LogFile) -> None:
     signal.signal(signal.SIGUSR1, rotate)
 
 
-def _json_observer(output: IO[str]) -> ILogObserver:
+def json_observer(output: IO[str]) -> ILogObserver:
     return FileLogObserver(output, event_as_json)
 
 
@@ -179,5 +192,5 @@ def observer_for(log_format: str, logfile: str | None, nodaemon: bool) -> ILogOb
         _rotate_on_sigusr1(rotating)
         output = rotating
     if log_format == "json":
-        return _json_observer(output)
-    return _text_observer(output)
+        return json_observer(output)
+    return text_observer(output)

@@ -57,9 +57,24 @@ def _log_observer(options: Any) -> Any:
     from gatekeep.logformat import observer_for
 
     # The text format is twistd's own, written by gatekeep's observer: the same lines,
-    # destination and SIGUSR1 rotation, at less cost per line (logformat._text_observer).
+    # destination and SIGUSR1 rotation, at less cost per line (logformat.text_observer).
     return observer_for(options["log-format"], parent.get("logfile"),
                         bool(parent.get("nodaemon")))
+
+
+def _shared_log(options: Any) -> Any:
+    """
+    With workers: the log destination they will write to themselves, or ``None`` when
+    twistd logs where they cannot (``--syslog``, a ``--logger``): then they relay their
+    events through the parent.
+    """
+    parent = getattr(options, "parent", None) or {}
+    if parent.get("logger") or parent.get("syslog"):
+        return None
+    from gatekeep.sharedlog import shared_log
+
+    return shared_log(options["log-format"], parent.get("logfile"),
+                      bool(parent.get("nodaemon")))
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -109,8 +124,10 @@ def makeService(options: Any) -> Any:
         from gatekeep.workers import SupervisorService, worker_count
 
         if worker_count(config) > 1:
+            shared = _shared_log(options)
             return SupervisorService(
-                config, reactor, loader=loader, log_observer=_log_observer(options),
+                config, reactor, loader=loader, shared_log=shared,
+                log_observer=None if shared is not None else _log_observer(options),
                 options={"config": options["config"], "demo-port": options["demo-port"]})
     return GatekeepService(config, registry, reactor, loader=loader,
                            handle_signals=True, log_observer=_log_observer(options))

@@ -5,8 +5,13 @@ The supervising parent passes the listening sockets as inherited descriptors and
 describes them in ``$GATEKEEP_WORKER`` (JSON: the worker's index, each endpoint's
 descriptor and address family, the private admin endpoint, the config path). The
 worker runs the same :class:`~gatekeep.service.GatekeepService` as a single process,
-adopting those sockets instead of binding, and writes its log events as JSON
-records to stdout, a pipe the parent reads and logs with the worker's name. It
+adopting those sockets instead of binding.
+
+It writes its own log lines to its stdout, which is the parent's log destination
+(see :mod:`gatekeep.sharedlog`), and opens the log file again when the parent says it
+rotated it. Only when the parent logs somewhere a worker cannot write (``--syslog``,
+``--logger``), the worker sends its events as JSON records to the parent instead,
+through a pipe on stdout. It tells the parent it serves through a control pipe, and
 exits when the parent goes away (its stdin, a pipe from the parent, ends).
 """
 
@@ -15,11 +20,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import ILogObserver, LogEvent, eventAsText, formatEvent
 from zope.interface import implementer
+
+from gatekeep.sharedlog import REOPEN
 
 __all__ = ["ENVIRONMENT", "main"]
 
@@ -50,10 +58,14 @@ class _ToParent:
 
 @implementer(IReadDescriptor)
 class _ParentWatch:
-    """Reads the stdin pipe from the parent: its end (EOF) means the parent is gone."""
+    """
+    Reads the stdin pipe from the parent: :data:`~gatekeep.sharedlog.REOPEN` asks
+    to open the log file again; the pipe's end (EOF) means the parent is gone.
+    """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, reopen: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
+        self.reopen = reopen
 
     def fileno(self) -> int:
         return 0
@@ -71,6 +83,8 @@ class _ParentWatch:
         if not data:
             self.reactor.removeReader(self)
             self._gone()
+        elif self.reopen is not None and REOPEN in data:
+            self.reopen()
 
     def connectionLost(self, reason: Any) -> None:
         # epoll reports the pipe's end as a hang-up: the reactor calls this instead.
@@ -94,7 +108,18 @@ def main() -> None:
     from gatekeep.tap import load
 
     spec = json.loads(os.environ.pop(ENVIRONMENT))
-    globalLogBeginner.beginLoggingTo([_ToParent(sys.stdout)], redirectStandardIO=False)
+    shared = spec.get("log")
+    reopen: Callable[[], None] | None = None
+    if shared is not None:
+        from gatekeep.sharedlog import WorkerLog
+
+        writer = WorkerLog(int(spec["index"]), shared["format"], shared["path"])
+        reopen = writer.reopen
+        globalLogBeginner.beginLoggingTo([writer], redirectStandardIO=False)
+    else:
+        globalLogBeginner.beginLoggingTo([_ToParent(sys.stdout)], redirectStandardIO=False)
+    control = int(spec["control"])
+    os.set_inheritable(control, False)
     for endpoint, (fd, family) in spec["fds"].items():
         workers.INHERITED[endpoint] = (int(fd), int(family))
     options = {"config": spec["config"], "demo-port": spec["demo_port"]}
@@ -111,11 +136,13 @@ def main() -> None:
     service = GatekeepService(workers.as_worker(config, admin), registry, reactor,
                               loader=loader, handle_signals=True)
     os.set_blocking(0, False)
-    reactor.addReader(_ParentWatch(reactor))
+    reactor.addReader(_ParentWatch(reactor, reopen))
+
     def start() -> None:
         service.startService()
         Logger().info("worker {index} serving (pid {pid})", index=spec["index"],
                       pid=os.getpid(), worker_ready=True)
+        os.write(control, b"ready\n")
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

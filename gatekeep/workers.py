@@ -8,8 +8,10 @@ new connection to one of the workers waiting in ``accept``. The parent
 
 - restarts a worker that dies (after 0.5 s, doubling up to 30 s while it keeps
   dying young), and logs why;
-- logs every worker's events with the worker's name (``[gatekeep.connection#info
-  worker-2]`` in the text log, ``"worker": 2`` in JSON lines);
+- gives each worker its log destination (stdout or the log file) as the worker's
+  stdout: workers write their own lines, with their name (``[gatekeep.connection#info
+  worker-2]`` in the text log, ``"worker": 2`` in JSON lines), and the parent alone
+  rotates the file, telling the workers to follow (:mod:`gatekeep.sharedlog`);
 - on ``SIGHUP``, checks the file and forwards the reload to every worker; when the
   listeners or the number of workers changed, binds the new listeners, starts a new
   generation of workers and lets the old one drain;
@@ -36,12 +38,13 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import (
     ILogObserver,
     InvalidLogLevelError,
+    LogEvent,
     Logger,
     LogLevel,
     globalLogPublisher,
@@ -53,6 +56,7 @@ from gatekeep import systemd
 from gatekeep.addresses import format_address
 from gatekeep.config.errors import ConfigErrors
 from gatekeep.config.model import AdminConfig, Config
+from gatekeep.sharedlog import REOPEN, SharedLog
 from gatekeep.worker import ENVIRONMENT
 
 __all__ = ["INHERITED", "SupervisorService", "as_worker", "worker_count"]
@@ -64,6 +68,7 @@ INHERITED: dict[str, tuple[int, int]] = {}
 
 _RESTART_FIRST = 0.5
 _RESTART_MAX = 30.0
+_ROTATION_CHECK = 1.0  # seconds between looks at the shared log file's size
 _YOUNG = 10.0  # a worker that dies sooner than this was probably broken from the start
 # Environment the parent consumed (systemd's) or that a worker must not inherit.
 _NOT_INHERITED = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", ENVIRONMENT)
@@ -109,13 +114,39 @@ class _Refuse(protocol.Factory):
         return None
 
 
-class _Worker(protocol.ProcessProtocol):
-    """One worker process: relays its JSON log records to the parent's log."""
+def relayed_event(record: bytes, index: int, now: float) -> LogEvent:
+    """A worker's JSON log record (from :class:`gatekeep.worker._ToParent`) as an event."""
+    event: LogEvent
+    try:
+        data = json.loads(record)
+        fields = dict(data["fields"])
+        event = {**fields, "log_format": "{log_text}", "log_text": data["text"],
+                 "log_time": float(data["time"] or now),
+                 "log_level": LogLevel.levelWithName(data["level"]),
+                 "log_namespace": data["namespace"]}
+    except (ValueError, KeyError, TypeError, InvalidLogLevelError):
+        event = {"log_format": "{log_text}", "log_text": record.decode("utf-8", "replace"),
+                 "log_level": LogLevel.info, "log_namespace": "gatekeep.worker",
+                 "log_time": now}
+    level = event["log_level"]
+    event["log_system"] = f"{event['log_namespace']}#{level.name} worker-{index}"
+    event["worker"] = index
+    return event
 
-    def __init__(self, supervisor: SupervisorService, index: int, generation: int) -> None:
+
+class _Worker(protocol.ProcessProtocol):
+    """
+    One worker process: reads its control pipe (it says when it serves) and, when the
+    log cannot be shared, relays its JSON log records to the parent's log.
+    """
+
+    def __init__(self, supervisor: SupervisorService, index: int, generation: int,
+                 control: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self.generation = generation
+        self.control = control
+        self._said = b""
         self.started = supervisor.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.running = True
@@ -126,6 +157,22 @@ class _Worker(protocol.ProcessProtocol):
         self.pid: int | None = getattr(transport, "pid", None)
         super().makeConnection(transport)
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
+        if childFD != self.control:
+            super().childDataReceived(childFD, data)
+            return
+        self._said += data
+        *messages, self._said = self._said.split(b"\n")
+        if b"ready" in messages and not self.ready:
+            self.ready = True
+            self.supervisor.worker_ready(self)
+
+    def reopen_log(self) -> None:
+        """Ask the worker to open the (just rotated) log file again."""
+        if self.running and self.transport is not None:
+            with contextlib.suppress(OSError):
+                self.transport.write(REOPEN)
+
     def outReceived(self, data: bytes) -> None:
         self._buffer += data
         *records, self._buffer = self._buffer.split(b"\n")
@@ -134,24 +181,7 @@ class _Worker(protocol.ProcessProtocol):
                 self._relay(record.strip(b"\x1e"))
 
     def _relay(self, record: bytes) -> None:
-        try:
-            data = json.loads(record)
-            fields = dict(data["fields"])
-            event = {**fields, "log_format": "{log_text}", "log_text": data["text"],
-                     "log_time": float(data["time"] or self.supervisor.reactor.seconds()),
-                     "log_level": LogLevel.levelWithName(data["level"]),
-                     "log_namespace": data["namespace"]}
-        except (ValueError, KeyError, TypeError, InvalidLogLevelError):
-            event = {"log_format": "{log_text}", "log_text": record.decode("utf-8", "replace"),
-                     "log_level": LogLevel.info, "log_namespace": "gatekeep.worker",
-                     "log_time": self.supervisor.reactor.seconds()}
-        level = event["log_level"]
-        event["log_system"] = f"{event['log_namespace']}#{level.name} worker-{self.index}"
-        event["worker"] = self.index
-        globalLogPublisher(event)
-        if event.get("worker_ready") and not self.ready:
-            self.ready = True
-            self.supervisor.worker_ready(self)
+        globalLogPublisher(relayed_event(record, self.index, self.supervisor.reactor.seconds()))
 
     def processEnded(self, reason: Failure) -> None:
         if self._buffer.strip():
@@ -172,13 +202,16 @@ class SupervisorService(MultiService):
     def __init__(
         self, config: Config, reactor: Any, *, loader: Callable[[], Config],
         options: dict[str, Any], log_observer: ILogObserver | None = None,
+        shared_log: SharedLog | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.loader = loader
         self.options = options
-        self.log_observer = log_observer
+        #: The log destination the workers write to themselves; None: they relay.
+        self.shared_log = shared_log
+        self.log_observer = shared_log.observer if shared_log is not None else log_observer
         self.count = worker_count(config)
         self.ports: dict[str, Any] = {}
         self.workers: dict[int, _Worker] = {}
@@ -190,6 +223,8 @@ class SupervisorService(MultiService):
         self._reloading = False
         self._announced = -1
         self._previous_handler: Any = None
+        self._previous_usr1: Any = None
+        self._rotation: task.LoopingCall | None = None
 
     def setServiceParent(self, parent: Any) -> Any:
         if self.log_observer is not None and isinstance(parent, Componentized):
@@ -267,7 +302,23 @@ class SupervisorService(MultiService):
         for index in range(1, self.count + 1):
             self._spawn(index)
         self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+        shared = self.shared_log
+        if shared is not None and shared.path is not None:
+            shared.on_rotation(self._log_rotated)
+            self._rotation = task.LoopingCall(shared.check_rotation)
+            self._rotation.clock = self.reactor
+            self._rotation.start(_ROTATION_CHECK, now=False)
+            # As twistd does for its log file: SIGUSR1 rotates it now.
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
         log.info("starting {count} workers (workers = {count})", count=self.count)
+
+    def _on_sigusr1(self, signum: int, frame: Any) -> None:
+        assert self.shared_log is not None
+        self.reactor.callFromThread(self.shared_log.rotate)
+
+    def _log_rotated(self) -> None:
+        for worker in self.alive():
+            worker.reopen_log()
 
     def worker_ready(self, worker: _Worker) -> None:
         if self._announced == self.generation or not all(
@@ -281,21 +332,28 @@ class SupervisorService(MultiService):
     def _spawn(self, index: int) -> None:
         config = self.config
         fds: dict[str, list[int]] = {}
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: 2}
+        shared = self.shared_log
+        # The worker's stdout: the log itself, or a pipe for relayed records.
+        child_fds: dict[int, Any] = {0: "w", 1: shared.fileno() if shared else "r", 2: 2}
+        number = 2
         for number, listener in enumerate(config.listeners, start=3):
             assert listener.endpoint is not None
             port = self.ports[listener.endpoint]
             child_fds[number] = port.fileno()
             fds[listener.endpoint] = [number, port.socket.family]
+        control = number + 1
+        child_fds[control] = "r"
         private = self.private_admin(index)
         if os.path.exists(private):
             os.unlink(private)
         spec = {"index": index, "fds": fds, "config": self.options.get("config"),
                 "demo_port": self.options.get("demo-port", 8443),
-                "admin": f"unix:{private}:mode=600"}
+                "admin": f"unix:{private}:mode=600", "control": control}
+        if shared is not None:
+            spec["log"] = {"format": shared.log_format, "path": shared.path}
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env[ENVIRONMENT] = json.dumps(spec)
-        worker = _Worker(self, index, self.generation)
+        worker = _Worker(self, index, self.generation, control)
         self.reactor.spawnProcess(worker, sys.executable,
                                   [sys.executable, "-m", "gatekeep.worker"],
                                   env=env, childFDs=child_fds)
@@ -389,6 +447,10 @@ class SupervisorService(MultiService):
         systemd.notify("STOPPING=1\nSTATUS=draining connections")
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+        if self._rotation is not None and self._rotation.running:
+            self._rotation.stop()
         super().stopService()
         waiting = [w.ended for w in self.alive()]
         for worker in self.alive():

@@ -81,7 +81,8 @@ class Relay:
         if self.client_gone:
             backend.loseConnection()
             return
-        if (self.fast and self.shaping is None and self.reactor is not None
+        if getattr(backend, "spliced_only", False) is True or (
+                self.fast and self.shaping is None and self.reactor is not None
                 and splice.enabled() and splice.usable(self.client)
                 and splice.usable(backend)):
             self.splicer = splice.Splicer(self, self.reactor, pending, self.activity)
@@ -120,10 +121,18 @@ class Relay:
             self.activity()
 
     def spliced_done(self) -> None:
-        """The fast path relayed both directions to their end (and gave the sockets back)."""
+        """
+        The fast path relayed both directions to their end (and gave the sockets back):
+        both connections close now. Nothing is buffered in user space, so each one
+        closes at once, as Twisted's ``loseConnection`` would a turn later (without
+        watching the socket for writing in between).
+        """
         self.record.close("done")
-        self.client.loseConnection()
-        self.backend.loseConnection()
+        # Closed just below: the client's connectionLost must not ask the backend to
+        # lose its connection first (a Twisted transport would then wait for a turn).
+        self.backend_gone = True
+        _close_now(self.client)
+        _close_now(self.backend)
 
     def client_read_done(self) -> None:
         self.client_eof = True
@@ -170,6 +179,16 @@ class Relay:
             self.record.close("backend closed" if clean else "backend reset")
             self.client.unregisterProducer()
             self.client.loseConnection()
+
+
+def _close_now(transport: Any) -> None:
+    """Close a transport whose buffers are empty, now; else let it flush first."""
+    if (getattr(transport, "connected", False) and not transport.disconnecting
+            and splice.usable(transport)):
+        # What the reactor does once loseConnection's write turn finds nothing to write.
+        transport.connectionLost(connectionDone)
+    else:
+        transport.loseConnection()
 
 
 def _ended_cleanly(reason: Failure) -> bool:

@@ -63,6 +63,11 @@ _PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
 _switch = {"config": True}
 
 
+def _bare(transport: Any) -> bool:
+    """A backend gatekeep connected itself (``RawBackend``): always spliced, no transport."""
+    return getattr(transport, "spliced_only", False) is True
+
+
 def configure(enable: bool) -> None:
     """The config's ``splice`` key: False keeps every relay on the portable path."""
     _switch["config"] = enable
@@ -227,6 +232,8 @@ class Splicer:
         """Take both sockets from their transports and start relaying."""
         for end in (self.client, self.backend):
             transport = end.transport
+            if _bare(transport):
+                continue
             transport.stopReading()
             transport.stopWriting()
             # Whoever closes a spliced transport (a timeout, the drain at stop, the
@@ -234,9 +241,13 @@ class Splicer:
             # watching this end before the transport watches its descriptor again.
             for name in _CLOSERS:
                 setattr(transport, name, _Closer(self, transport, name))
-        # The backend joins from inside its transport's connect event, which goes on
-        # (a zero-byte send) after this returns: writing, shutting down or failing the
-        # socket must wait for the next turn of the reactor.
+        if _bare(self.backend.transport):
+            # Connected by gatekeep itself (RawConnect): nothing else acts on it now.
+            self._begin()
+            return
+        # A Twisted backend joins from inside its transport's connect event, which goes
+        # on (a zero-byte send) after this returns: writing, shutting down or failing
+        # the socket must wait for the next turn of the reactor.
         self.starting = self.reactor.callLater(0, self._begin)
 
     def _begin(self) -> None:
@@ -278,8 +289,9 @@ class Splicer:
             self.starting = None
         for end in (self.client, self.backend):
             self._forget(end)
-            for name in _CLOSERS:
-                end.transport.__dict__.pop(name, None)
+            if not _bare(end.transport):
+                for name in _CLOSERS:
+                    end.transport.__dict__.pop(name, None)
         for flow in (self.c2b, self.b2c):
             if flow.pipe is not None:
                 if flow.queued:
@@ -402,8 +414,12 @@ class Splicer:
             return
         flow.shut = True
         self._idle(flow)
-        with contextlib.suppress(OSError):  # already gone: its read side tells how
-            flow.dst.sock.shutdown(socket.SHUT_WR)
+        other = self.b2c if flow is self.c2b else self.c2b
+        if not other.shut:
+            with contextlib.suppress(OSError):  # already gone: its read side tells how
+                flow.dst.sock.shutdown(socket.SHUT_WR)
+        # else: both directions ended, and spliced_done closes both sockets right away
+        # (a close sends the FIN): a shutdown first would be one more system call.
         if self.c2b.shut and self.b2c.shut:
             self._release()
             self.relay.spliced_done()

@@ -11,6 +11,7 @@ this process.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from gatekeep import splice
 from gatekeep.relay import Relay
 from gatekeep.sniff import SniffingProtocol
+from gatekeep.targets.rawbackend import RawBackend
 from tests.helpers import LinePeer, captured_log, start_gatekeep
 
 PEER = str(Path(__file__).with_name("relay_peer.py"))
@@ -44,7 +46,7 @@ reject = {{}}
 
 [[service.svc.route]]
 name = "rest"
-forward = {{ to = "tcp:127.0.0.1:{port}" }}
+forward = {{ to = "tcp:{host}:{port}" }}
 """
 
 
@@ -79,6 +81,9 @@ class _RelayMatrix:
 
     timeout = 300
     use_splice: bool
+    #: The backend's host: an IPv4 literal is connected with a bare socket when the
+    #: relay splices (gatekeep.targets.rawbackend); a name through Twisted's connectTCP.
+    host = "127.0.0.1"
 
     def setUp(self) -> None:
         if self.use_splice and not splice.AVAILABLE:
@@ -93,14 +98,48 @@ class _RelayMatrix:
             original(relay, backend, pending)
 
         self.patch(Relay, "joined", joined)  # type: ignore[attr-defined]
+        # How a spliced relay ends: the splicer's shutdown(2) calls, and whether both
+        # connections were closed by the time spliced_done returned.
+        self.shutdowns: list[int] = []
+        self.closed_at_once: list[bool] = []
+        original_end = splice._End.__init__
+        shutdowns = self.shutdowns
+
+        class CountingSocket:
+            def __init__(self, sock: Any) -> None:
+                self._sock = sock
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._sock, name)
+
+            def shutdown(self, how: int) -> None:
+                shutdowns.append(how)
+                self._sock.shutdown(how)
+
+        def end(end: Any, splicer: Any, transport: Any, side: str) -> None:
+            original_end(end, splicer, transport, side)
+            end.sock = CountingSocket(end.sock)
+
+        self.patch(splice._End, "__init__", end)  # type: ignore[attr-defined]
+        original_done = Relay.spliced_done
+
+        def spliced_done(relay: Relay) -> None:
+            original_done(relay)
+            self.closed_at_once.append(bool(relay.client.disconnected
+                                            and relay.backend.disconnected))
+
+        self.patch(Relay, "spliced_done", spliced_done)  # type: ignore[attr-defined]
 
     def _config(self, port: int) -> str:
-        return CONFIG.format(port=port, splice=str(self.use_splice).lower())
+        return CONFIG.format(port=port, host=self.host, splice=str(self.use_splice).lower())
 
     def _check_path(self, relay: Relay) -> None:
         test: Any = self
         test.assertEqual(relay.splicer is not None, self.use_splice,
                          "the relay did not take the path under test")
+        bare = self.use_splice and self.host == "127.0.0.1"
+        test.assertEqual(isinstance(relay.backend, RawBackend), bare,
+                         "the backend was not connected the way under test")
 
     @defer.inlineCallbacks
     def _exchange(self, client_size: int, backend_size: int, client_flags: tuple[str, ...] = (),
@@ -128,6 +167,11 @@ class _RelayMatrix:
         test.assertEqual(event["close_reason"], "done")
         [relay] = self.relays
         self._check_path(relay)
+        if self.use_splice:
+            # The first direction to end is half-closed with shutdown(SHUT_WR); when the
+            # second ends, both sockets close at once (the close sends that FIN).
+            test.assertEqual(self.shutdowns, [socket.SHUT_WR])
+            test.assertEqual(self.closed_at_once, [True])
 
     def test_nothing_either_way(self) -> Any:
         # Detection ends at the client's EOF; the backend gets the half-close at once.
@@ -286,3 +330,11 @@ class PortableRelayTests(_RelayMatrix, TestCase):
 @pytest.mark.slow
 class SplicedRelayTests(_RelayMatrix, TestCase):
     use_splice = True
+
+
+@pytest.mark.slow
+class SplicedTwistedBackendRelayTests(_RelayMatrix, TestCase):
+    """Spliced, with a backend Twisted connected (by name: no bare socket)."""
+
+    use_splice = True
+    host = "localhost"

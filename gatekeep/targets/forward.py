@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, error
+from twisted.internet.abstract import isIPAddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.internet.interfaces import (
@@ -25,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatekeep import metrics
+from gatekeep import metrics, splice
 from gatekeep.config.endpoints import client_endpoint_problem
 from gatekeep.config.schema import expect, setting
 from gatekeep.failures import FailureKind, failure_bytes
@@ -34,6 +35,7 @@ from gatekeep.preamble import plain_ip
 from gatekeep.relay import BackendSide, Relay
 from gatekeep.targets.backendtls import Pin, check_pinned_target, parse_pins, pinned_endpoint
 from gatekeep.targets.proxyheader import TLV_NAMES, outgoing_header
+from gatekeep.targets.rawbackend import RawConnect
 from gatekeep.targets.transparent import TransparentEndpoint, parse_tcp_destination
 from gatekeep.timeouts import QueuedDeadline, deadlines_for
 from gatekeep.values import Inbound
@@ -59,6 +61,11 @@ def _direct(endpoint: IStreamClientEndpoint) -> _Direct | None:
     if type(endpoint) is not TCP4ClientEndpoint:
         return None
     return (endpoint._host, endpoint._port, endpoint._timeout, endpoint._bindAddress)
+
+
+def _bare(direct: _Direct | None) -> bool:
+    """Whether a ``tcp:`` backend may be connected with a bare socket (RawConnect)."""
+    return direct is not None and direct[3] is None and isIPAddress(direct[0])
 
 
 def _proxy_version(value: object) -> int:
@@ -195,8 +202,9 @@ class ForwardTarget:
         if self.transparent:
             return ClientSide(inbound, self._transparent(inbound), preamble, fast=True)
         reactor = inbound.reactor
+        direct = self.direct(reactor)
         return ClientSide(inbound, self.endpoint(reactor), preamble, fast=self._plain_socket,
-                          direct=self.direct(reactor))
+                          direct=direct, bare=_bare(direct))
 
     def describe(self) -> str:
         extra = f" with PROXY v{self.proxy_protocol}" if self.proxy_protocol else ""
@@ -250,9 +258,12 @@ class ClientSide(Protocol):
 
     def __init__(
         self, inbound: Inbound, endpoint: IStreamClientEndpoint, preamble: bytes = b"",
-        fast: bool = False, direct: _Direct | None = None,
+        fast: bool = False, direct: _Direct | None = None, bare: bool = False,
     ) -> None:
         self.inbound = inbound
+        #: ``direct`` is an IPv4 literal with no bind address: when the relay will
+        #: splice, connect it with a bare socket (gatekeep.targets.rawbackend).
+        self.bare = bare
         #: ``connectTCP``'s arguments: connect without the endpoint's per-connection
         #: wrapping factory, protocol and Deferred.
         self.direct = direct
@@ -263,7 +274,7 @@ class ClientSide(Protocol):
         self.preamble = preamble
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
-        self._connecting: defer.Deferred[Any] | _DirectConnect | None = None
+        self._connecting: defer.Deferred[Any] | _DirectConnect | RawConnect | None = None
         self._timer: QueuedDeadline | None = None
         self._timed_out = False
         self._started = 0.0
@@ -276,6 +287,10 @@ class ClientSide(Protocol):
                                    self.inbound.reactor, fast=self.fast)
         self._started = self.inbound.reactor.seconds()
         timeout = self.inbound.route.connect_timeout
+        if self.direct is not None and self.bare and self.inbound.shaping is None \
+                and splice.enabled() and splice.usable(transport):
+            self._connectBare(relay, timeout)
+            return
         if timeout is not None:
             # A queue shared by all connections with this timeout, not a DelayedCall each.
             self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
@@ -298,6 +313,20 @@ class ClientSide(Protocol):
         connecting = self.endpoint.connect(factory)
         connecting.addErrback(self._failed)
         self._connecting = connecting
+
+    def _connectBare(self, relay: Relay, timeout: float | None) -> None:
+        """Connect with a bare socket; the relay will splice (gatekeep.targets.rawbackend)."""
+        assert self.direct is not None
+        host, port, connect_timeout, _ = self.direct
+        # One deadline, the earlier of the route's and the endpoint's (connectTCP's).
+        if timeout is None or (connect_timeout is not None and connect_timeout < timeout):
+            timeout = connect_timeout
+        if timeout is not None:
+            self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
+        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._joined,
+                                self._failed)
+        self._connecting = connecting
+        connecting.start()
 
     def _timedOut(self) -> None:
         # Cancelling makes endpoints fail with ConnectingCancelledError; remember why.

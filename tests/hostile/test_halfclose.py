@@ -49,7 +49,8 @@ forward = {{ to = "{to}"{extra} }}
 
 #: path -> (top-level keys, listener keys, extra tables)
 PATHS = {
-    "tcp": ("", "", ""),  # the splice fast path where the kernel has it
+    "tcp": ("", "", ""),  # the splice fast path where the kernel has it (bare backend socket)
+    "tcp-by-name": ("", "", ""),  # spliced too, the backend connected by Twisted (a name)
     "tcp-portable": ("splice = false", "", ""),
     "unix": ("", "", ""),
     "tcp+proxy-v2": ("", "", ""),
@@ -106,7 +107,8 @@ def test_half_close_matrix(tmp_path: Path, path: str) -> None:
     backend = start_backend(tmp_path / "backend", unix=sock if path == "unix" else None,
                             proxy=path == "tcp+proxy-v2")
     try:
-        to = f"unix:{sock}" if path == "unix" else f"tcp:127.0.0.1:{backend.port}"
+        host = "localhost" if path == "tcp-by-name" else "127.0.0.1"
+        to = f"unix:{sock}" if path == "unix" else f"tcp:{host}:{backend.port}"
         extra = ', proxy_protocol = "v2"' if path == "tcp+proxy-v2" else ""
         top, listener, tables = PATHS[path]
         config = CONFIG.format(to=to, extra=extra, top=top, listener=listener, tables=tables)

@@ -1,0 +1,179 @@
+"""
+A ``tcp:`` backend connected with a bare non-blocking socket, for relays that splice.
+
+When a ``forward`` relay will take the splice fast path anyway (Linux, the client a
+plain socket, an IPv4 literal backend, no shaper: :func:`gatekeep.splice.enabled`),
+the backend's Twisted transport would never carry a byte: :mod:`gatekeep.splice`
+takes its socket as soon as it connects. So the backend is connected directly
+(:class:`RawConnect`: one ``connect`` and one ``SO_ERROR`` check, watched by the
+reactor as a plain descriptor) and handed over as a :class:`RawBackend`, which
+offers the relay and the splicer just what they use of a transport. Compared with
+``reactor.connectTCP`` this leaves out, per connection, the connector and its
+resolution turn (a ``callLater(0)``), the client transport and its address objects,
+the second ``connect`` Twisted makes to check the first, the protocol, a turn of
+the reactor before splicing starts, and the transport's own teardown.
+
+Errors are reported as ``connectTCP`` reports them (the same exception types and
+messages), so close reasons, metrics and logs are the same on both paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from gatekeep.relay import Relay
+
+__all__ = ["RawBackend", "RawConnect"]
+
+_UNDER_WAY = (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR)
+
+
+def _connect_error(code: int) -> Failure:
+    """The failure ``connectTCP`` reports for the ``connect`` error ``code``."""
+    return Failure(error.getConnectError((code, os.strerror(code))))
+
+
+class RawBackend:
+    """
+    The connected backend socket: what :class:`~gatekeep.relay.Relay` and
+    :class:`~gatekeep.splice.Splicer` use of a transport. It is always spliced
+    (:attr:`spliced_only`); closing it closes the socket (nothing is ever buffered
+    in user space for it) and tells the relay, as a transport's ``connectionLost``
+    would.
+    """
+
+    __slots__ = ("connected", "disconnected", "disconnecting", "host", "port", "relay",
+                 "socket")
+
+    #: The relay must splice this backend: it has no user-space write path.
+    spliced_only = True
+
+    def __init__(self, sock: socket.socket, relay: Relay, host: str, port: int) -> None:
+        self.socket = sock
+        self.relay = relay
+        self.host = host
+        self.port = port
+        self.connected = True
+        self.disconnecting = False
+        self.disconnected = False
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, self.port)
+
+    def getHost(self) -> IPv4Address:
+        host, port = self.socket.getsockname()[:2]
+        return IPv4Address("TCP", host, port)
+
+    def loseConnection(self) -> None:
+        self.connectionLost(connectionDone)
+
+    def abortConnection(self) -> None:
+        self.connectionLost(Failure(error.ConnectionAborted()))
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.disconnected:
+            return
+        relay = self.relay
+        if relay.splicer is not None:
+            relay.splicer.abandon()  # the reactor stops watching the socket first
+        self.disconnected = True
+        self.connected = False
+        self.socket.close()
+        relay.backend_lost(reason)
+
+
+@implementer(IReadWriteDescriptor)
+class RawConnect:
+    """
+    One non-blocking ``connect`` to ``host:port`` (an IPv4 literal), watched for
+    writability; then ``joined(RawBackend)`` or ``failed(Failure)``, exactly once.
+    """
+
+    __slots__ = ("done", "failed", "fd", "host", "joined", "port", "reactor", "relay",
+                 "sock")
+
+    def __init__(self, reactor: Any, relay: Relay, host: str, port: int,
+                 joined: Callable[[Any], None],
+                 failed: Callable[[Failure], None]) -> None:
+        self.reactor = reactor
+        self.relay = relay
+        self.host = host
+        self.port = port
+        self.joined = joined
+        self.failed = failed
+        self.done = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.fd = self.sock.fileno()
+
+    def start(self) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        code = sock.connect_ex((self.host, self.port))
+        if code in _UNDER_WAY:
+            self.reactor.addWriter(self)
+        else:
+            # As connectTCP: the failure arrives from the reactor, not from this call.
+            self.done = True
+            sock.close()
+            self.reactor.callLater(0, self.failed, _connect_error(code))
+
+    # IReadWriteDescriptor
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "RawConnect"
+
+    def doRead(self) -> None:
+        pass  # never registered for reading
+
+    def doWrite(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.reactor.removeWriter(self)
+        sock = self.sock
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            self.failed(_connect_error(code))
+            return
+        self.joined(RawBackend(sock, self.relay, self.host, self.port))
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor gave up on the descriptor: epoll reported an error or hang-up
+        # (a refused or unreachable connect: SO_ERROR says which), or it is shutting down.
+        if self.done:
+            return
+        self.done = True
+        self.reactor.removeWriter(self)
+        sock = self.sock
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock.close()
+        self.failed(_connect_error(code) if code else reason)
+
+    def cancel(self) -> None:
+        """Stop connecting: fails with ``ConnectingCancelledError``, as an endpoint's."""
+        if self.done:
+            return
+        self.done = True
+        self.reactor.removeWriter(self)
+        self.sock.close()
+        self.failed(Failure(error.ConnectingCancelledError(
+            IPv4Address("TCP", self.host, self.port))))

@@ -13,7 +13,7 @@ every process, so each ``write()`` lands whole at the end; a pipe takes writes o
 to ``PIPE_BUF`` (4 KiB) whole, which holds every line but long tracebacks.
 
 Only the parent rotates a log file, as twistd does: when it reaches 1 MB (looked at
-every second and before each of the parent's own lines) or on ``SIGUSR1``. It then
+five times a second and before each of the parent's own lines) or on ``SIGUSR1``. It then
 tells each worker, over the worker's stdin pipe, to open the file again by name;
 lines a worker writes in between end, whole, in the file just rotated.
 """

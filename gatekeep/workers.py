@@ -68,7 +68,7 @@ INHERITED: dict[str, tuple[int, int]] = {}
 
 _RESTART_FIRST = 0.5
 _RESTART_MAX = 30.0
-_ROTATION_CHECK = 1.0  # seconds between looks at the shared log file's size
+_ROTATION_CHECK = 0.2  # seconds between looks at the shared log file's size
 _YOUNG = 10.0  # a worker that dies sooner than this was probably broken from the start
 # Environment the parent consumed (systemd's) or that a worker must not inherit.
 _NOT_INHERITED = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", ENVIRONMENT)

@@ -160,7 +160,9 @@ def _write_all(fd: int, data: bytes) -> None:
         except BlockingIOError:
             # Someone made the shared descriptor non-blocking: wait as a blocking
             # write would.
-            select.select([], [fd], [])
+            waiting = select.poll()
+            waiting.register(fd, select.POLLOUT)
+            waiting.poll()
             continue
         except InterruptedError:
             continue

@@ -6,9 +6,11 @@ process and rotated on its real size; a worker follows a rotation.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import select
 import sys
 import time
 from collections.abc import Iterator
@@ -185,3 +187,26 @@ def test_workers_relay_only_where_they_cannot_write_themselves() -> None:
     assert text is not None and text.log_format == "text" and text.path is None
     json_log = _shared_log(options("json"))
     assert json_log is not None and json_log.log_format == "json"
+
+
+def test_a_full_non_blocking_pipe_delays_a_line_but_never_splits_it(
+        pipe: tuple[int, int]) -> None:
+    import threading
+
+    read, write = pipe
+    os.set_blocking(write, False)  # as if another process had made it non-blocking
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += os.write(write, b"x" * 4096)
+    event = {"log_format": "{log_text}", "log_text": "y" * 300, "log_time": 1e9,
+             "log_namespace": "gatekeep.connection", "log_level": LogLevel.info}
+    writer = threading.Thread(target=WorkerLog(1, "text", None, fd=write), args=(event,))
+    writer.start()
+    got = b""
+    while not got.endswith(b"\n"):  # the pipe's bytes are "x"s until the line's end
+        assert select.select([read], [], [], 10)[0], f"the line never came: {got[-80:]!r}"
+        got += os.read(read, 65536)
+    writer.join(10)
+    line = got[filled:].decode()
+    assert line.endswith("[gatekeep.connection#info worker-1] " + "y" * 300 + "\n")

@@ -21,7 +21,8 @@ from gatekeep import metrics
 from gatekeep.addresses import format_address
 from gatekeep.http.accesslog import combined_line
 from gatekeep.http.deadline import Deadline
-from gatekeep.http.forwarding import HOP_BY_HOP, client_ip, is_health, request_fields, select
+from gatekeep.http.fields import NAMES
+from gatekeep.http.forwarding import HOP_BY_HOP, backend_head, client_ip, is_health, select
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.response import END, Informational, ResponseHead
 from gatekeep.http.settings import HTTPRoute
@@ -38,6 +39,8 @@ log = Logger()
 
 _TEXT: Final = [(b"Content-Type", b"text/plain; charset=utf-8")]
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+#: Response fields never passed on as they are (gatekeep writes its own framing).
+_NOT_PASSED: Final = HOP_BY_HOP | {b"content-length"}
 
 
 class Downstream(TypingProtocol):
@@ -65,7 +68,7 @@ class Downstream(TypingProtocol):
 
 def _upgrade_token(head: RequestHead) -> bytes | None:
     """The ``Upgrade`` value of a GET that asks for one, without a body (WebSocket)."""
-    if head.method != b"GET" or head.has_body or b"upgrade" not in head.tokens(b"connection"):
+    if head.method != b"GET" or b"upgrade" not in head.connection_tokens or head.has_body:
         return None
     values = head.values(b"upgrade")
     return values[0] if len(values) == 1 and values[0] else None
@@ -196,10 +199,10 @@ class Exchange:
         upstream.on_lost = self._upstream_lost
         self.downstream.attach_upstream(upstream)
         self.upgrade = _upgrade_token(head)
-        fields = request_fields(self.site, route, head, self.downstream.inbound.client,
-                                self.downstream.scheme, self.upgrade)
-        upstream.send_request(head.method, head.target, fields, head.chunked,
-                              self.upgrade is not None, head.has_body)
+        data = backend_head(self.site, route, head, self.downstream.inbound.client,
+                            self.downstream.scheme, self.upgrade)
+        upstream.send_request(head.method, data, head.chunked, self.upgrade is not None,
+                              head.has_body)
         self.wants_body = True
         if self.request_ended:
             self._request_sent()
@@ -265,28 +268,47 @@ class Exchange:
             if event.switched:
                 self._switched(event.reason or reason_of(101), event.fields)
                 return
-            self._stop_timer()
-            self.status = event.status
-            self.response_started = True
-            fields = []
-            listed = event.connection
-            if listed is None:
-                listed = frozenset(t.strip().lower() for n, v in event.fields
-                                   if n.lower() == b"connection" for t in v.split(b","))
-            for name, value in event.fields:
-                lower = name.lower()
-                if lower != b"content-length" and lower not in HOP_BY_HOP \
-                        and lower not in listed:
-                    fields.append((name, value))
-            body = self.head.method != b"HEAD" and event.status not in _NO_BODY_STATUS
-            self.downstream.send_head(event.status, event.reason or reason_of(event.status),
-                                      fields, event.length, body)
+            self._response_head(event)
         elif isinstance(event, Informational):
             self.downstream.send_informational(event.status, event.reason, event.fields)
         elif event is END:
             self.downstream.send_end()
             self._release_upstream(reuse=True)
             self._finish()
+
+    def upstream_response(self, head: ResponseHead, body: bytes) -> None:
+        """
+        A whole response that came at once: the same as its events (``head``, ``body``
+        when not empty, :data:`END`) one after another.
+        """
+        if self.finished:
+            return
+        self._response_head(head)
+        downstream = self.downstream
+        if body:
+            self.sent += len(body)
+            downstream.send_data(body)
+        downstream.send_end()
+        self._release_upstream(reuse=True)
+        self._finish()
+
+    def _response_head(self, event: ResponseHead) -> None:
+        self._stop_timer()
+        self.status = status = event.status
+        self.response_started = True
+        fields = []
+        listed = event.connection
+        if listed is None:
+            listed = frozenset(t.strip().lower() for n, v in event.fields
+                               if n.lower() == b"connection" for t in v.split(b","))
+        names = NAMES
+        for name, value in event.fields:
+            lower = names.get(name) or name.lower()
+            if lower not in _NOT_PASSED and lower not in listed:
+                fields.append((name, value))
+        body = status not in _NO_BODY_STATUS and self.head.method != b"HEAD"
+        self.downstream.send_head(status, event.reason or reason_of(status), fields,
+                                  event.length, body)
 
     def upstream_waiting(self) -> None:
         """The backend's bytes so far are handled: a held response head may go."""

@@ -16,12 +16,13 @@ from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from gatekeep.http.fields import NAMES
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.settings import HTTPRoute, HTTPSite
 from gatekeep.preamble import plain_ip
 from gatekeep.routing import name_matches
 
-__all__ = ["HOP_BY_HOP", "client_ip", "request_fields", "select"]
+__all__ = ["HOP_BY_HOP", "backend_head", "client_ip", "request_fields", "select", "written"]
 
 #: Fields about one connection (RFC 9110 7.6.1), never forwarded as they are.
 HOP_BY_HOP: Final = frozenset({
@@ -33,6 +34,10 @@ _FORWARDING: Final = frozenset({
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
     b"forwarded", b"x-real-ip",
 })
+#: Never passed on from a client that is not a trusted proxy.
+_DROPPED: Final = HOP_BY_HOP | _FORWARDING
+#: Connection tokens that name no field to drop.
+_PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 def _host_fits(pattern: tuple[str, int | None], host: str | None, port: int | None) -> bool:
@@ -103,7 +108,7 @@ def request_fields(
     Host (kept or ``host_header``) and the forwarding fields.
     """
     trusted = bool(site.trusted_proxies) and site.policy.trusts(client)
-    listed = head.tokens(b"connection") - {b"close", b"keep-alive", b"upgrade"}
+    listed = head.connection_tokens - _PLAIN_CONNECTION
     out: list[tuple[bytes, bytes]] = []
     previous: dict[bytes, list[bytes]] = {}
     host_value = head.host_field
@@ -146,3 +151,63 @@ def request_fields(
     earlier = b", ".join(previous.get(b"forwarded", []))
     out.append((b"Forwarded", (earlier + b", " if earlier else b"") + element.encode("latin-1")))
     return out
+
+
+def written(head: RequestHead, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """The request head for the backend: ``head``'s request line (HTTP/1.1) and ``fields``."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    for name, value in fields:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarding_lines(ip: str | None, scheme: str, host: bytes) -> bytes:
+    """
+    The forwarding fields (and the head's end) for a client that is not a trusted
+    proxy: they depend only on its address, the scheme and the Host it sent, which a
+    kept-alive connection repeats, so they are written once.
+    """
+    out = [(b"X-Forwarded-For", (ip if ip is not None else "unknown").encode("ascii")),
+           (b"X-Forwarded-Proto", scheme.encode("ascii"))]
+    if host:
+        out.append((b"X-Forwarded-Host", host))
+    element = f"for={_forwarded_node(ip)};proto={scheme}"
+    if host:
+        element += f";host={_forwarded_host(host)}"
+    out.append((b"Forwarded", element.encode("latin-1")))
+    return b"".join(name + b": " + value + b"\r\n" for name, value in out) + b"\r\n"
+
+
+def backend_head(
+    site: HTTPSite, route: HTTPRoute, head: RequestHead, client: Any, scheme: str,
+    upgrade: bytes | None,
+) -> bytes:
+    """
+    ``written(head, request_fields(...))`` for the backend, in one pass when the client
+    is not a trusted proxy, sent a Host and lists no field in ``Connection``: its
+    fields are copied minus hop-by-hop and forwarding ones, and the forwarding fields
+    come from :func:`_forwarding_lines`. The bytes are the same either way.
+    """
+    host = head.host_field
+    connection = head.connection_tokens
+    if host is None or (connection and not connection <= _PLAIN_CONNECTION) or (
+            site.trusted_proxies and site.policy.trusts(client)):
+        return written(head, request_fields(site, route, head, client, scheme, upgrade))
+    rewrite = route.host_header
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    names = NAMES
+    for name, value in head.fields:
+        lower = names.get(name) or name.lower()
+        if lower in _DROPPED:
+            continue
+        if lower == b"host" and rewrite is not None:
+            value = rewrite.encode("ascii")
+        parts += (name, b": ", value, b"\r\n")
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    parts.append(_forwarding_lines(client_ip(client), scheme, host))
+    return b"".join(parts)

@@ -24,6 +24,7 @@ import attrs
 
 from gatekeep.detectors.http import parse_authority as _parse_authority
 from gatekeep.http.events import END, NEED_DATA, PAUSED, Marker
+from gatekeep.http.fields import NAMES, field_name
 
 __all__ = ["END", "NEED_DATA", "PAUSED", "BadRequest", "RequestHead", "RequestReader"]
 
@@ -35,6 +36,9 @@ _REQUEST_LINE = re.compile(
 _FIELD = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
     rb"((?:[\x21-\x7e\x80-\xff](?:[\t \x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*")
+#: Control characters a head may not hold anywhere (CR and LF only in CR LF pairs, HTAB
+#: only in field values): one scan of the whole head for the common, clean case.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _CHUNK_SIZE = re.compile(
@@ -73,6 +77,8 @@ class RequestHead:
     path: bytes
     content_length: int | None
     chunked: bool
+    #: The ``Connection`` field's tokens, lower case (None: not read, see :meth:`tokens`).
+    connection: frozenset[bytes] | None = None
 
     @property
     def has_body(self) -> bool:
@@ -88,8 +94,15 @@ class RequestHead:
                 if t.strip()}
 
     @property
+    def connection_tokens(self) -> frozenset[bytes]:
+        """The ``Connection`` tokens, lower case: read by the reader, else now."""
+        if self.connection is not None:
+            return self.connection
+        return frozenset(self.tokens(b"connection"))
+
+    @property
     def keep_alive(self) -> bool:
-        connection = self.tokens(b"connection")
+        connection = self.connection_tokens
         if self.version == b"1.0":
             return False  # HTTP/1.0 keep-alive is not offered: one request per connection
         return b"close" not in connection
@@ -130,8 +143,83 @@ def has_bare_cr_or_lf(head: bytes) -> bool:
     return head.count(b"\n") != pairs or head.count(b"\r") != pairs
 
 
+def _connection_tokens(fields: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for n, v in fields if n.lower() == b"connection"
+                     for t in v.split(b",") if t.strip())
+
+
 def parse_head(head: bytes) -> RequestHead:
-    """The head (without its final empty line's CR LF) as a :class:`RequestHead`."""
+    """
+    The head (without its final empty line's CR LF) as a :class:`RequestHead`.
+
+    One pass for the common head: no control characters (one regex scan of the whole
+    head), CR LF line ends, valid field names (:func:`~gatekeep.http.fields.field_name`),
+    at most one Host and Content-Length, no Transfer-Encoding. Anything else, and every
+    head that is refused, goes to :func:`parse_head_general`, so the result (or the
+    refusal and its reason) is always the general reader's.
+    """
+    pairs = head.count(b"\r\n")
+    if head.count(b"\n") != pairs or head.count(b"\r") != pairs or _CONTROL.search(head):
+        return parse_head_general(head)
+    lines = head.split(b"\r\n")
+    line = _REQUEST_LINE.fullmatch(lines[0])
+    if line is None or len(lines) > MAX_FIELDS + 1:
+        return parse_head_general(head)
+    method, target, version = line.groups()
+    fields: list[tuple[bytes, bytes]] = []
+    host_field = length = None
+    connection: list[bytes] | None = None
+    names = NAMES
+    for index in range(1, len(lines)):
+        name, colon, value = lines[index].partition(b":")
+        lower = names.get(name) or field_name(name)
+        if lower is None or not colon:
+            return parse_head_general(head)
+        value = value.strip(b" \t")
+        fields.append((name, value))
+        if lower in _SPECIAL:
+            if lower == b"host":
+                if host_field is not None:
+                    return parse_head_general(head)
+                host_field = value
+            elif lower == b"content-length":
+                if length is not None or not value.isdigit() or len(value) > 18:
+                    return parse_head_general(head)
+                length = value
+            elif lower == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(value)
+            else:  # transfer-encoding
+                return parse_head_general(head)
+    if host_field is None and version == b"1.1":
+        return parse_head_general(head)
+    authority, path = _split_target(target, method)
+    host = port = None
+    if host_field is not None and host_field != b"":
+        host, port = parse_authority(host_field)
+        if host is None:
+            return parse_head_general(head)
+    if authority is not None:
+        host, port = parse_authority(authority)
+        if host is None:
+            return parse_head_general(head)
+    tokens = _NO_TOKENS if connection is None else frozenset(
+        t.strip().lower() for v in connection for t in v.split(b",") if t.strip())
+    return RequestHead(method, target, version, tuple(fields), host, port, host_field, path,
+                       None if length is None else int(length), False, tokens)
+
+
+_SPECIAL: Final = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+
+
+def parse_head_general(head: bytes) -> RequestHead:
+    """
+    The head (without its final empty line's CR LF) as a :class:`RequestHead`, checked
+    line by line: the reference :func:`parse_head` equals, and the one that names what
+    is wrong with a bad head.
+    """
     if has_bare_cr_or_lf(head):
         raise BadRequest("bare CR or LF in the request head")
     lines = head.split(b"\r\n")
@@ -182,7 +270,7 @@ def parse_head(head: bytes) -> RequestHead:
         if len(codings) > 1 or codings[0].lower() != b"chunked":
             raise BadRequest("transfer codings other than a single 'chunked'", 501)
     return RequestHead(method, target, version, tuple(fields), host, port, host_field, path,
-                       content_length, bool(codings))
+                       content_length, bool(codings), _connection_tokens(fields))
 
 
 class RequestReader:
@@ -218,6 +306,16 @@ class RequestReader:
         """The current exchange is over: read the next request."""
         assert self._state == "done"
         self._state = "head"
+
+    def take_end(self) -> bool:
+        """
+        Right after a :class:`RequestHead`: True if the request has no body, and then
+        its :data:`END` is taken now (the reader waits for :meth:`start_next`).
+        """
+        if self._state == "end":
+            self._state = "done"
+            return True
+        return False
 
     def next_event(self) -> RequestHead | bytes | Marker:
         state = self._state

@@ -16,6 +16,7 @@ from typing import Final
 import attrs
 
 from gatekeep.http.events import END, NEED_DATA, Marker
+from gatekeep.http.fields import NAMES, field_name
 
 __all__ = ["END", "NEED_DATA", "BackendError", "Informational", "ResponseHead",
            "ResponseReader"]
@@ -27,6 +28,7 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE = re.compile(rb"\r?\n")
 _CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+_FRAMING: Final = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 
 
 def head_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
@@ -152,11 +154,14 @@ class ResponseReader:
         version, status_text, reason = line.groups()
         status = int(status_text)
         fields: list[tuple[bytes, bytes]] = []
-        for raw in lines[1:]:
-            field = _FIELD.fullmatch(raw)
-            if field is None or raw[:1] in (b" ", b"\t"):
+        names = NAMES
+        for index in range(1, len(lines)):
+            # What _FIELD.fullmatch gives, without the regex engine: a token, a colon,
+            # the value without the spaces and tabs around it.
+            name, colon, value = lines[index].partition(b":")
+            if not colon or (names.get(name) is None and field_name(name) is None):
                 raise BackendError("malformed header field in the response")
-            fields.append((field.group(1), field.group(2)))
+            fields.append((name, value.strip(b" \t")))
         reason = reason or b""
         if 100 <= status < 200:
             if status == 101:
@@ -172,14 +177,18 @@ class ResponseReader:
         connection: set[bytes] = set()
         codings: list[bytes] = []
         lengths: set[bytes] = set()
+        names = NAMES
         for name, value in fields:
-            lower = name.lower()
-            if lower == b"connection":
-                connection.update(t.strip().lower() for t in value.split(b","))
-            elif lower == b"transfer-encoding":
-                codings += [t.strip().lower() for t in value.split(b",") if t.strip()]
-            elif lower == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
+            lower = names.get(name) or name.lower()
+            if lower in _FRAMING:
+                if lower == b"connection":
+                    connection.update([t.strip().lower() for t in value.split(b",")])
+                elif lower == b"transfer-encoding":
+                    codings += [t.strip().lower() for t in value.split(b",") if t.strip()]
+                elif b"," in value:
+                    lengths.update([v.strip() for v in value.split(b",")])
+                else:
+                    lengths.add(value.strip())
         length: int | None = None
         if lengths:
             if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
@@ -262,6 +271,24 @@ class ResponseReader:
         if self._eof:
             raise BackendError("the backend closed before the end of the chunked body")
         return NEED_DATA
+
+    def whole_body(self) -> bytes | None:
+        """
+        Right after a :class:`ResponseHead`: the whole body when it is here already
+        (``Content-Length`` bytes buffered, or no body), and the reader is done; None
+        otherwise (read on with :meth:`next_event`). The events it stands for are the
+        body bytes (when any) and :data:`END`.
+        """
+        state = self._state
+        if state == "end":
+            self._state = "done"
+            return b""
+        if state == "length" and len(self._buffer) >= self._remaining:
+            data = self._take(self._remaining)
+            self._remaining = 0
+            self._state = "done"
+            return data
+        return None
 
     def reset(self) -> None:
         """The response is over: the next request may be sent."""

@@ -209,6 +209,9 @@ class HTTP1Connection(Protocol):
         self._request_done = self._response_done = False
         self._chunked = False
         self.exchange = exchange = Exchange(self.target, self, head)
+        if self.reader.take_end():
+            # No body: the request is complete now (the END event it would read next).
+            self._request_done = exchange.request_ended = True
         exchange.start()
 
     def _bad_request(self, bad: BadRequest) -> None:

@@ -37,6 +37,7 @@ def no_delay(transport: Any) -> None:
 
 class UpstreamListener(TypingProtocol):
     def upstream_event(self, event: Any) -> None: ...
+    def upstream_response(self, head: ResponseHead, body: bytes) -> None: ...
     def upstream_failed(self, why: str) -> None: ...
     def upstream_waiting(self) -> None: ...
 
@@ -106,10 +107,11 @@ class Upstream(Protocol):
         self.connected = True
         no_delay(self.transport)
 
-    def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
-                     chunked: bool, upgrade: bool, body: bool = True) -> None:
+    def send_request(self, method: bytes, head: bytes, chunked: bool, upgrade: bool,
+                     body: bool = True) -> None:
         """
-        Write the request head; the body follows with :meth:`send_body`.
+        Write the request head (its bytes, see :func:`~gatekeep.http.forwarding.backend_head`);
+        the body follows with :meth:`send_body`.
 
         A request without a body is sent at once (:func:`send_now`); a head whose body
         follows is queued, so that the first body bytes leave with it.
@@ -117,15 +119,11 @@ class Upstream(Protocol):
         self.reader.expect(method, upgrade)
         self._chunked = chunked
         self.request_done = False
-        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in fields:
-            parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"\r\n")
         if self.transport is not None:
             if body:
-                self.transport.write(b"".join(parts))
+                self.transport.write(head)
             else:
-                send_now(self.transport, b"".join(parts))
+                send_now(self.transport, head)
 
     def send_body(self, data: bytes) -> None:
         if self.transport is None or not data:
@@ -165,9 +163,15 @@ class Upstream(Protocol):
             if event is NEED_DATA:
                 self.listener.upstream_waiting()
                 return
+            if type(event) is ResponseHead:
+                if event.switched:
+                    self.listener.upstream_event(event)
+                    return
+                body = self.reader.whole_body()
+                if body is not None:  # all here: one call instead of three events
+                    self.listener.upstream_response(event, body)
+                    continue
             self.listener.upstream_event(event)
-            if isinstance(event, ResponseHead) and event.switched:
-                return
 
     @property
     def reusable(self) -> bool:

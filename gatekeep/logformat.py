@@ -13,6 +13,7 @@ data: a connection's final line therefore carries ``client``, ``listener``,
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -42,6 +43,10 @@ __all__ = [
 
 FORMATS = ("text", "json")
 
+#: The format of an event whose message was formatted by its emitter (the connection line).
+PREFORMATTED = "{log_text}"
+
+
 _JSON_SCALARS = (str, int, float, bool, type(None))
 # Keys that are presentation for the text line, or legacy-log internals.
 _NOT_FIELDS = frozenset({"format", "message", "system", "facts_text", "isError"})
@@ -65,18 +70,50 @@ def _plain(value: object) -> Any:
 _SKIP = object()
 
 
+class JsonTime:
+    """
+    A JSON line's ``time``: UTC with milliseconds, ``2026-11-28T04:02:58.113Z``, exactly
+    what ``datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")`` gives
+    (with ``Z``), with the date and time of day formatted once per second.
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[float, str] = (math.nan, "")
+
+    def __call__(self, when: float) -> str:
+        if not 0.0 <= when < 1e11:  # not a time this cache is exact for
+            return (datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"))
+        second = math.floor(when)
+        # As datetime: microseconds rounded half to even from the exact fraction.
+        micro = round((when - second) * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        cached_second, text = self._cached  # one read: other threads may log too
+        if cached_second != second:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._cached = (second, text)
+        return f"{text}.{micro // 1000:03d}Z"
+
+
+_json_time = JsonTime()
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 def event_as_json(event: LogEvent, worker: int | None = None) -> str:
     """
     One log event as a single line of JSON (with its newline); a worker's events
     end with ``"worker": N``.
     """
     level = event.get("log_level")
+    text = event.get("log_text")
+    if type(text) is not str or event.get("log_format") != PREFORMATTED:
+        text = formatEvent(event)
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time") or 0.0, UTC)
-        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _json_time(event.get("log_time") or 0.0),
         "level": level.name if level is not None else "info",
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": text,
     }
     if "log_failure" in event:
         out["traceback"] = eventAsText(event, includeTimestamp=False,
@@ -85,7 +122,7 @@ def event_as_json(event: LogEvent, worker: int | None = None) -> str:
         out.setdefault(key, value)
     if worker is not None:
         out["worker"] = worker
-    return json.dumps(out, ensure_ascii=False, default=str) + "\n"
+    return _encode(out) + "\n"
 
 
 def plain_fields(event: LogEvent) -> dict[str, Any]:
@@ -121,10 +158,6 @@ class CachedTime:
             self._text = formatTime(second)
             self._second = second
         return self._text
-
-
-#: The format of an event whose message was formatted by its emitter (the connection line).
-PREFORMATTED = "{log_text}"
 
 
 def _system(event: LogEvent) -> str:

@@ -101,6 +101,7 @@ def raise_fd_limit() -> tuple[int, int]:
 def makeService(options: Any) -> Any:
     from twisted.internet import reactor
 
+    from gatekeep.eventloop import coalesce
     from gatekeep.service import GatekeepService
 
     try:
@@ -109,6 +110,7 @@ def makeService(options: Any) -> Any:
         # A bad config is the user's everyday mistake: show every error, no traceback.
         print(errors.render(), file=sys.stderr)
         raise SystemExit(1) from None
+    coalesce(reactor)
     before, after = raise_fd_limit()
     if after != before:
         from twisted.logger import Logger

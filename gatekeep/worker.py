@@ -100,6 +100,10 @@ def main() -> None:
 
     epollreactor.install()
     from twisted.internet import reactor
+
+    from gatekeep.eventloop import coalesce
+
+    coalesce(reactor)
     from twisted.logger import Logger, globalLogBeginner
 
     from gatekeep import workers

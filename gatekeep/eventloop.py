@@ -1,0 +1,195 @@
+"""
+Fewer system calls per connection in Twisted's epoll reactor.
+
+A proxied connection changes what the reactor watches many times in its short life:
+reading stops while a backend connects and starts again, writing is watched while
+bytes are queued, a closing connection stops reading and starts writing in one go.
+Twisted's :class:`~twisted.internet.epollreactor.EPollReactor` makes one
+``epoll_ctl`` call for each change (16 per short forwarded connection, measured).
+:class:`CoalescingEPollReactor` notes the changes and hands the kernel only each
+descriptor's final interest, once, just before it waits for events: a descriptor
+added and given up again within one turn costs no call at all, nor does a closed
+connection (epoll forgets a socket when it is closed). A listening socket still
+leaves epoll at once, because epoll forgets a closed socket only when no other
+process holds it open, and workers share their listening sockets.
+
+Each event is also dispatched without Twisted's per-event logging context (four
+Python calls around every read and write); what that context added was the
+``system`` prefix of Twisted's own legacy log lines during the event, e.g. the
+"Unhandled Error" of a protocol that raised, which now shows ``-``. gatekeep's own
+log lines carry their fields explicitly.
+
+What the reactor reports (``getReaders``, ``getWriters``, ``removeAll``) and which
+events reach which descriptor are Twisted's. ``GATEKEEP_EVENTLOOP=twisted`` keeps
+Twisted's reactor as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from select import EPOLLIN, EPOLLOUT
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+__all__ = ["CoalescingEPollReactor", "coalesce"]
+
+log = Logger()
+
+
+class CoalescingEPollReactor(EPollReactor):
+    """An epoll reactor that tells the kernel each descriptor's interest once per turn."""
+
+    # What the kernel watches for each registered descriptor; the descriptors whose
+    # wanted interest may differ from it since the last wait; and the objects that
+    # gave up a descriptor this turn (to tell a closed socket from an open one).
+    _kernel: dict[int, int]
+    _changed: set[int]
+    _gone: dict[int, Any]
+
+    def _add(self, xer: Any, primary: set[int], other: set[int],
+             selectables: dict[int, Any], event: int, antievent: int) -> None:
+        fd = xer.fileno()
+        if fd not in primary:
+            primary.add(fd)
+            selectables[fd] = xer
+            self._changed.add(fd)
+
+    def _remove(self, xer: Any, primary: set[int], other: set[int],
+                selectables: dict[int, Any], event: int, antievent: int) -> None:
+        fd = xer.fileno()
+        if fd == -1:
+            for known, fdes in selectables.items():
+                if xer is fdes:
+                    fd = known
+                    break
+            else:
+                return
+        if fd not in primary:
+            return
+        primary.remove(fd)
+        if fd not in other:
+            del selectables[fd]
+            if IListeningPort.providedBy(xer):
+                # A listening socket may be open in other processes too (workers,
+                # systemd): closing it here would leave epoll watching it, so it
+                # leaves epoll now, before anyone closes it.
+                self._changed.discard(fd)
+                if self._kernel.pop(fd, 0):
+                    self._poller.unregister(fd)
+                return
+            self._gone.setdefault(fd, xer)
+        self._changed.add(fd)
+
+    def _flush(self) -> None:
+        """Tell the kernel what changed since the last wait."""
+        changed, self._changed = self._changed, set()
+        gone, self._gone = self._gone, {}
+        reads, writes, kernel = self._reads, self._writes, self._kernel
+        selectables, poller = self._selectables, self._poller
+        for fd in changed:
+            wanted = (EPOLLIN if fd in reads else 0) | (EPOLLOUT if fd in writes else 0)
+            has = kernel.get(fd, 0)
+            left = gone.get(fd)
+            if not wanted:
+                if has:
+                    del kernel[fd]
+                    # A closed connection left epoll with its socket; an open one
+                    # (or one whose object cannot tell) is taken out.
+                    if left is None or not _closed(left):
+                        try:
+                            poller.unregister(fd)
+                        except OSError as error:
+                            if error.errno not in (errno.EBADF, errno.ENOENT):
+                                raise
+                continue
+            if wanted == has and (left is None or selectables[fd] is left):
+                continue
+            # Another object may hold the number now: the same socket handed over
+            # (splicing), or a new one after the old was closed (epoll forgot it).
+            try:
+                if has:
+                    try:
+                        poller.modify(fd, wanted)
+                    except FileNotFoundError:
+                        poller.register(fd, wanted)
+                else:
+                    try:
+                        poller.register(fd, wanted)
+                    except FileExistsError:
+                        poller.modify(fd, wanted)
+            except OSError as error:
+                kernel.pop(fd, None)
+                self._refused(fd, error)
+            else:
+                kernel[fd] = wanted
+
+    def _refused(self, fd: int, error: OSError) -> None:
+        selectable = self._selectables.pop(fd)
+        reading, writing = fd in self._reads, fd in self._writes
+        self._reads.discard(fd)
+        self._writes.discard(fd)
+        if error.errno == errno.EPERM:
+            # Not pollable (a regular file): polled continuously, as Twisted does.
+            if reading:
+                self._continuousPolling.addReader(selectable)
+            if writing:
+                self._continuousPolling.addWriter(selectable)
+            return
+        # Twisted would have raised from startReading/startWriting: here the
+        # descriptor is disconnected with the error, as a failed read would be.
+        log.error("epoll refused descriptor {fd}: {error}", fd=fd, error=error)
+        self._disconnectSelectable(selectable, error, reading)
+
+    def doPoll(self, timeout: float | None) -> None:
+        if self._changed:
+            self._flush()
+        if timeout is None:
+            timeout = -1
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as error:
+            if error.errno == errno.EINTR:
+                return
+            raise
+        selectables = self._selectables
+        dispatch = self._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                dispatch(selectable, fd, event)
+
+    doIteration = doPoll
+
+
+def _closed(selectable: Any) -> bool:
+    """
+    Whether a descriptor's socket is closed: Twisted's transports then report -1,
+    gatekeep's splice and raw-connect ends keep their number but hold the socket.
+    """
+    if selectable.fileno() == -1:
+        return True
+    sock = getattr(selectable, "sock", None)
+    return sock is not None and sock.fileno() == -1
+
+
+def coalesce(reactor: Any) -> bool:
+    """
+    Make a running Twisted epoll reactor a :class:`CoalescingEPollReactor` (what is
+    registered stays registered); anything else is left alone. True if it changed.
+    """
+    if os.environ.get("GATEKEEP_EVENTLOOP", "") == "twisted":
+        return False
+    if type(reactor) is not EPollReactor:
+        return type(reactor) is CoalescingEPollReactor
+    epoll: Any = reactor
+    epoll._kernel = {fd: (EPOLLIN if fd in epoll._reads else 0)
+                     | (EPOLLOUT if fd in epoll._writes else 0)
+                     for fd in epoll._selectables}
+    epoll._changed = set()
+    epoll._gone = {}
+    epoll.__class__ = CoalescingEPollReactor
+    return True

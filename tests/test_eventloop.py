@@ -1,0 +1,347 @@
+"""
+The coalescing epoll reactor: the kernel hears each descriptor's interest once per
+turn, descriptors get exactly Twisted's events, and removal stays immediate.
+
+Each test drives its own reactor with ``iterate`` (never the test run's reactor).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IReactorFDSet,
+    IReadDescriptor,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gatekeep.eventloop import CoalescingEPollReactor, coalesce
+
+
+class CountingPoller:
+    """The reactor's epoll object, counting the ``epoll_ctl`` calls made through it."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller = poller
+        self.calls: list[tuple[str, int]] = []
+
+    def register(self, fd: int, mask: int) -> None:
+        self.calls.append(("register", fd))
+        self.poller.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.calls.append(("modify", fd))
+        self.poller.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.calls.append(("unregister", fd))
+        self.poller.unregister(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+@implementer(IReadDescriptor)
+class Reader:
+    """A socket the reactor watches; it notes what it read and how it ended."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.read: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def doRead(self) -> Any:
+        data = self.sock.recv(65536) if hasattr(self.sock, "recv") else self.sock.read(65536)
+        if not data:
+            return error.ConnectionDone()
+        self.read.append(data)
+        return None
+
+    def doWrite(self) -> None:
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+    def logPrefix(self) -> str:
+        return "Reader"
+
+
+def coalescing() -> tuple[Any, CountingPoller]:
+    reactor: Any = EPollReactor()
+    assert coalesce(reactor)
+    counting = CountingPoller(reactor._poller)
+    reactor._poller = counting
+    return reactor, counting
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def test_it_is_a_reactor_and_keeps_what_was_registered() -> None:
+    reactor: Any = EPollReactor()
+    before = set(reactor.getReaders())
+    assert coalesce(reactor)
+    assert isinstance(reactor, CoalescingEPollReactor)
+    assert verifyObject(IReactorFDSet, reactor)
+    assert set(reactor.getReaders()) == before  # the waker, still watched
+    assert coalesce(reactor)  # already done: nothing more to do
+
+
+def test_only_twisteds_epoll_reactor_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not coalesce(Clock())
+    monkeypatch.setenv("GATEKEEP_EVENTLOOP", "twisted")
+    reactor: Any = EPollReactor()
+    assert not coalesce(reactor)
+    assert type(reactor) is EPollReactor
+
+
+def test_changes_within_a_turn_reach_the_kernel_once() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    reader = Reader(a)
+    reactor.addReader(reader)
+    reactor.addWriter(reader)
+    reactor.removeWriter(reader)
+    reactor.removeReader(reader)
+    reactor.addReader(reader)
+    assert counting.calls == []  # nothing told yet
+    assert reactor.getReaders().count(reader) == 1  # but reported at once
+    assert reader not in reactor.getWriters()
+    b.send(b"hello")
+    reactor.iterate(1)
+    assert counting.calls == [("register", a.fileno())]
+    assert reader.read == [b"hello"]
+    # Stop and start again in one turn: the kernel already has it right.
+    reactor.removeReader(reader)
+    reactor.addReader(reader)
+    b.send(b"again")
+    reactor.iterate(1)
+    assert counting.calls == [("register", a.fileno())]
+    assert reader.read == [b"hello", b"again"]
+    # Stopped for longer than a turn: taken out of epoll at the next wait.
+    reactor.removeReader(reader)
+    reactor.iterate(0)
+    assert counting.calls == [("register", a.fileno()), ("unregister", a.fileno())]
+    b.send(b"unwatched")
+    reactor.iterate(0.05)
+    assert reader.read == [b"hello", b"again"]
+    a.close()
+    b.close()
+
+
+def test_a_closed_connection_leaves_epoll_without_a_call() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    reader = Reader(a)  # its fileno() is -1 once its socket is closed, as Twisted's
+    number = a.fileno()
+    reactor.addReader(reader)
+    reactor.iterate(0)
+    reactor.removeReader(reader)
+    a.close()
+    reactor.iterate(0)
+    assert counting.calls == [("register", number)]
+    b.close()
+
+
+class CachedNumber(Reader):
+    """Keeps its number after the close, as gatekeep's splice ends do (``sock`` tells)."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
+        self.number = int(sock.fileno())
+
+    def fileno(self) -> int:
+        return self.number
+
+
+def test_a_closed_end_that_keeps_its_number_leaves_epoll_without_a_call() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    reader = CachedNumber(a)
+    reactor.addReader(reader)
+    reactor.iterate(0)
+    reactor.removeReader(reader)
+    a.close()
+    reactor.iterate(0)
+    assert counting.calls == [("register", reader.number)]
+    b.close()
+
+
+def test_a_descriptor_added_and_removed_in_one_turn_costs_no_call() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    reader = Reader(a)
+    reactor.addReader(reader)
+    reactor.addWriter(reader)
+    reactor.removeReader(reader)
+    reactor.removeWriter(reader)
+    reactor.iterate(0)
+    assert counting.calls == []
+    assert reader not in reactor.getReaders() + reactor.getWriters()
+    a.close()
+    b.close()
+
+
+@implementer(IListeningPort)
+class SharedPort(Reader):
+    """Stands for a listening socket, which other processes may hold open too."""
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        pass
+
+    def getHost(self) -> Any:
+        return None
+
+
+def test_a_listening_socket_leaves_epoll_at_once_as_others_may_share_it() -> None:
+    # A worker's listening socket is also open in the parent: closing this copy
+    # would not end the epoll registration, so it must be gone before the close.
+    reactor, counting = coalescing()
+    a, b = pair()
+    shared = os.dup(a.fileno())  # the other holder of the same socket
+    reader = SharedPort(a)
+    reactor.addReader(reader)
+    reactor.iterate(0)
+    reactor.removeReader(reader)
+    assert ("unregister", a.fileno()) in counting.calls
+    a.close()
+    b.send(b"for the other holder")
+    reactor.iterate(0.05)  # an event here would reach a closed descriptor
+    assert reader.read == []
+    assert os.read(shared, 100) == b"for the other holder"
+    os.close(shared)
+    b.close()
+
+
+def test_a_reused_descriptor_number_is_registered_afresh() -> None:
+    reactor, _ = coalescing()
+    a, b = pair()
+    first = Reader(a)
+    reactor.addReader(first)
+    reactor.iterate(0)
+    number = a.fileno()
+    reactor.removeReader(first)
+    a.close()
+    c, d = pair()
+    if c.fileno() != number:  # the next socket gets the same number
+        os.dup2(c.fileno(), number)
+        c.close()
+        c = socket.socket(fileno=number)
+    reused = c
+    second = Reader(reused)
+    reactor.addReader(second)
+    d.send(b"to the new socket")
+    reactor.iterate(1)
+    assert second.read == [b"to the new socket"]
+    assert first.read == []
+    reactor.removeReader(second)
+    for sock in (b, d, reused):
+        sock.close()
+
+
+def test_a_regular_file_is_polled_continuously_as_twisted_does() -> None:
+    reactor, _ = coalescing()
+    with tempfile.TemporaryFile() as handle:
+        handle.write(b"file bytes")
+        handle.flush()
+        handle.seek(0)
+        reader = Reader(handle)
+        reactor.addReader(reader)
+        reactor.iterate(0)
+        assert reactor._continuousPolling.isReading(reader)
+        assert reader in reactor.getReaders()
+        reactor.iterate(0)
+        assert b"".join(reader.read) == b"file bytes"
+        reactor.removeReader(reader)
+        assert reader not in reactor.getReaders()
+
+
+@implementer(IHalfCloseableProtocol)
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _Client(Protocol):
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received: list[bytes] = []
+        self.done = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(self.payload)
+        transport.loseWriteConnection()  # half-close: the echo must still arrive
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done = True
+
+
+def echo_round(reactor: Any, payload: bytes) -> bytes:
+    factory = Factory.forProtocol(_Echo)
+    factory.protocol = _Echo
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _Client(payload)
+    reactor.connectTCP("127.0.0.1", port.getHost().port,
+                       ClientFactory.forProtocol(lambda: client))
+    turns = 0
+    while not client.done and turns < 100_000:
+        reactor.iterate(1)
+        turns += 1
+    port.stopListening()
+    for _ in range(3):
+        reactor.iterate(0)
+    return b"".join(client.received)
+
+
+def test_a_tcp_echo_with_half_close_is_byte_exact_with_fewer_calls() -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    coalesced, calls = coalescing()
+    assert echo_round(coalesced, payload) == payload
+    plain: Any = EPollReactor()
+    plain_calls = CountingPoller(plain._poller)
+    plain._poller = plain_calls
+    assert echo_round(plain, payload) == payload
+    assert len(calls.calls) < len(plain_calls.calls)

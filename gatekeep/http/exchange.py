@@ -21,7 +21,7 @@ from gatekeep import metrics
 from gatekeep.addresses import format_address
 from gatekeep.http.accesslog import combined_line
 from gatekeep.http.deadline import Deadline
-from gatekeep.http.fields import NAMES
+from gatekeep.http.fields import NOT_PASSED
 from gatekeep.http.forwarding import HOP_BY_HOP, backend_head, client_ip, is_health, select
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.response import END, Informational, ResponseHead
@@ -39,8 +39,7 @@ log = Logger()
 
 _TEXT: Final = [(b"Content-Type", b"text/plain; charset=utf-8")]
 _NO_BODY_STATUS: Final = frozenset({204, 304})
-#: Response fields never passed on as they are (gatekeep writes its own framing).
-_NOT_PASSED: Final = HOP_BY_HOP | {b"content-length"}
+
 
 
 class Downstream(TypingProtocol):
@@ -205,8 +204,9 @@ class Exchange:
                               head.has_body)
         self.wants_body = True
         if self.request_ended:
-            self._request_sent()
-        self.downstream.body_wanted()
+            self._request_sent()  # no body (or all of it taken already): nothing to want
+        else:
+            self.downstream.body_wanted()
 
     # ------------------------------------------------------------ request body
 
@@ -301,11 +301,12 @@ class Exchange:
         if listed is None:
             listed = frozenset(t.strip().lower() for n, v in event.fields
                                if n.lower() == b"connection" for t in v.split(b","))
-        names = NAMES
-        for name, value in event.fields:
-            lower = names.get(name) or name.lower()
-            if lower not in _NOT_PASSED and lower not in listed:
-                fields.append((name, value))
+        lowers = event.names
+        if lowers is None:
+            lowers = [name.lower() for name, _value in event.fields]
+        for lower, field in zip(lowers, event.fields, strict=True):
+            if lower not in NOT_PASSED and lower not in listed:
+                fields.append(field)
         body = status not in _NO_BODY_STATUS and self.head.method != b"HEAD"
         self.downstream.send_head(status, event.reason or reason_of(status), fields,
                                   event.length, body)

@@ -12,7 +12,15 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MAX_NAMES", "NAMES", "field_name"]
+__all__ = ["HOP_BY_HOP", "MAX_NAMES", "NAMES", "NOT_PASSED", "field_name"]
+
+#: Fields about one connection (RFC 9110 7.6.1), never forwarded as they are.
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"http2-settings",
+})
+#: Response fields never passed on as they are (gatekeep writes its own framing).
+NOT_PASSED: Final = HOP_BY_HOP | {b"content-length"}
 
 #: How many distinct valid names are remembered; past it, names are checked each time.
 MAX_NAMES: Final = 4096

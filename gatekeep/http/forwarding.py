@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
-from gatekeep.http.fields import NAMES
+from gatekeep.http.fields import HOP_BY_HOP, NAMES
 from gatekeep.http.reader import RequestHead
 from gatekeep.http.settings import HTTPRoute, HTTPSite
 from gatekeep.preamble import plain_ip
@@ -24,11 +24,6 @@ from gatekeep.routing import name_matches
 
 __all__ = ["HOP_BY_HOP", "backend_head", "client_ip", "request_fields", "select", "written"]
 
-#: Fields about one connection (RFC 9110 7.6.1), never forwarded as they are.
-HOP_BY_HOP: Final = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"http2-settings",
-})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORWARDING: Final = frozenset({
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",

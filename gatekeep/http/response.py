@@ -36,16 +36,22 @@ def head_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
     Where the first blank line (``\\r?\\n\\r?\\n``) starts and ends, or None: what
     ``_HEAD_END.search`` finds, with two ``find`` scans instead of the regex engine.
     """
-    found = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\n\r\n")) if i >= 0]
-    if not found:
+    crlf = buffer.find(b"\n\r\n")
+    # An LF LF before it (ending no later than its LF) comes first.
+    lf = buffer.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else len(buffer))
+    if lf >= 0:
+        first, end = lf, lf + 2
+    elif crlf >= 0:
+        first, end = crlf, crlf + 3
+    else:
         return None
-    first = min(found)  # the blank line's first LF
-    start = first - 1 if first > 0 and buffer[first - 1] == 13 else first
-    return start, first + (2 if buffer[first + 1] == 10 else 3)
+    return (first - 1 if first > 0 and buffer[first - 1] == 13 else first), end
 
 
 def split_lines(head: bytes) -> list[bytes]:
     """``_LINE.split(head)``: lines ended by LF or CRLF (a last line keeps a lone CR)."""
+    if head.count(b"\n") == head.count(b"\r\n"):
+        return head.split(b"\r\n")  # every line ends with CR LF: one split in C
     lines = head.split(b"\n")
     for index in range(len(lines) - 1):
         line = lines[index]
@@ -80,6 +86,8 @@ class ResponseHead:
     switched: bool = False
     #: The ``Connection`` field's tokens, lowercased (None: not read).
     connection: frozenset[bytes] | None = None
+    #: The fields' names in lower case, in order (None: not read).
+    names: list[bytes] | None = None
 
 
 class ResponseReader:
@@ -154,14 +162,21 @@ class ResponseReader:
         version, status_text, reason = line.groups()
         status = int(status_text)
         fields: list[tuple[bytes, bytes]] = []
+        lowers: list[bytes] = []
+        framing: list[tuple[bytes, bytes]] = []
         names = NAMES
         for index in range(1, len(lines)):
             # What _FIELD.fullmatch gives, without the regex engine: a token, a colon,
             # the value without the spaces and tabs around it.
             name, colon, value = lines[index].partition(b":")
-            if not colon or (names.get(name) is None and field_name(name) is None):
+            lower = names.get(name) or field_name(name)
+            if not colon or lower is None:
                 raise BackendError("malformed header field in the response")
-            fields.append((name, value.strip(b" \t")))
+            value = value.strip(b" \t")
+            fields.append((name, value))
+            lowers.append(lower)
+            if lower in _FRAMING:
+                framing.append((lower, value))
         reason = reason or b""
         if 100 <= status < 200:
             if status == 101:
@@ -170,30 +185,31 @@ class ResponseReader:
                 self._state = "switched"
                 return ResponseHead(status, reason, fields, None, False, switched=True)
             return Informational(status, reason, fields)
-        return self._framing(version, status, reason, fields)
+        return self._framing(version, status, reason, fields, lowers, framing)
 
     def _framing(self, version: bytes, status: int, reason: bytes,
-                 fields: list[tuple[bytes, bytes]]) -> ResponseHead:
+                 fields: list[tuple[bytes, bytes]], lowers: list[bytes],
+                 framing: list[tuple[bytes, bytes]]) -> ResponseHead:
         connection: set[bytes] = set()
         codings: list[bytes] = []
         lengths: set[bytes] = set()
-        names = NAMES
-        for name, value in fields:
-            lower = names.get(name) or name.lower()
-            if lower in _FRAMING:
-                if lower == b"connection":
-                    connection.update([t.strip().lower() for t in value.split(b",")])
-                elif lower == b"transfer-encoding":
-                    codings += [t.strip().lower() for t in value.split(b",") if t.strip()]
-                elif b"," in value:
-                    lengths.update([v.strip() for v in value.split(b",")])
-                else:
-                    lengths.add(value.strip())
+        for lower, value in framing:
+            if lower == b"connection":
+                connection.update([t.strip().lower() for t in value.split(b",")])
+            elif lower == b"transfer-encoding":
+                codings += [t.strip().lower() for t in value.split(b",") if t.strip()]
+            elif b"," in value:
+                lengths.update([v.strip() for v in value.split(b",")])
+            else:
+                lengths.add(value.strip())
         length: int | None = None
         if lengths:
-            if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+            if len(lengths) > 1:
                 raise BackendError("conflicting or invalid Content-Length")
-            length = int(lengths.pop())
+            value = lengths.pop()
+            if not value.isdigit():
+                raise BackendError("conflicting or invalid Content-Length")
+            length = int(value)
         keep = version == b"1.1" and b"close" not in connection
         if self._method == b"HEAD" or status in (204, 304):
             self._state = "end"
@@ -209,7 +225,7 @@ class ResponseReader:
             self._state, keep = "close", False
         self.keep_alive = keep
         return ResponseHead(status, reason, fields, length, keep,
-                            connection=frozenset(connection))
+                            connection=frozenset(connection), names=lowers)
 
     def _take(self, limit: int) -> bytes:
         buffer = self._buffer

@@ -247,7 +247,10 @@ class HTTP1Connection(Protocol):
             self._close()
             return
         self._await_request()
-        self._pump()
+        if self.reader.buffered or self._client_eof:
+            self._pump()
+        else:  # nothing of a next request yet: nothing to read
+            self.client_gate.release("pipeline")
 
     # ------------------------------------------------------------ Downstream
 

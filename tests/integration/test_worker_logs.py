@@ -82,6 +82,30 @@ def test_workers_write_their_own_lines_to_the_parents_stdout(
     assert gatekeep.problems() == []
 
 
+def test_workers_relay_to_a_logger_they_cannot_share(tmp_path: Path, echo: EchoServer) -> None:
+    # A custom --logger (like --syslog) is the parent's alone: workers send it their events.
+    config = tmp_path / "gatekeep.toml"
+    write(config, echo, free_port())
+    root = Path(__file__).resolve().parents[2]
+    gatekeep = Gatekeep(
+        [twistd(), "-n", "--pidfile=", "--logger=tests.integration.stdout_logger.observer",
+         "gatekeep", "--config", config], tmp_path, ["public"],
+        env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
+    try:
+        gatekeep.log.wait_for(lambda line: "all 2 workers are serving" in line)
+        workers = children(gatekeep.pid)
+        stdout = os.readlink(f"/proc/{gatekeep.pid}/fd/1")
+        assert all(os.readlink(f"/proc/{pid}/fd/1") != stdout for pid in workers)
+        mark = gatekeep.mark()
+        _connect(gatekeep.port("public"), 40, threads=4)
+        wait_until(lambda: len(gatekeep.connections(mark)) == 40, 30, what="40 lines")
+        lines = gatekeep.log.text(mark).splitlines()
+        assert len([m for m in map(_WORKER.match, lines) if m]) == 40
+    finally:
+        gatekeep.stop()
+    assert gatekeep.problems() == []
+
+
 def _json_lines(path: Path) -> list[dict[str, object]]:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     assert text == "" or text.endswith("\n"), "a line cut short"

@@ -135,6 +135,11 @@ class Relay:
         _close_now(self.backend)
 
     def client_read_done(self) -> None:
+        if self.splicer is not None and not self.splicer.finished:
+            # Read while sniffing, delivered after a backend that connected at once
+            # joined: the splicer passes the half-close on.
+            self.splicer.client_ended()
+            return
         self.client_eof = True
         if self.shaping is not None:
             self.shaping.read_done("in")
@@ -182,10 +187,16 @@ class Relay:
 
 
 def _close_now(transport: Any) -> None:
-    """Close a transport whose buffers are empty, now; else let it flush first."""
+    """
+    Close a spliced transport whose both directions ended, now (its buffers are
+    empty; else it flushes first).
+    """
     if (getattr(transport, "connected", False) and not transport.disconnecting
             and splice.usable(transport)):
-        # What the reactor does once loseConnection's write turn finds nothing to write.
+        # Both directions saw their FIN, so no shutdown(2) before the close (Twisted's
+        # switch for it); then what the reactor does once loseConnection's write turn
+        # finds nothing to write.
+        transport._shouldShutdown = False
         transport.connectionLost(connectionDone)
     else:
         transport.loseConnection()

@@ -309,6 +309,14 @@ class Splicer:
         else:
             self._want(end, False, False)
 
+    def client_ended(self) -> None:
+        """The client's EOF came through its transport (read before the splice began)."""
+        if self.finished or self.c2b.eof:
+            return
+        self._source_ended(self.c2b)
+        if not self.finished:
+            self._update()
+
     def abandon(self) -> None:
         """The relay is ending for another reason (a transport was closed): stop."""
         if not self.finished:

@@ -126,7 +126,9 @@ class _RelayMatrix:
         def spliced_done(relay: Relay) -> None:
             original_done(relay)
             self.closed_at_once.append(bool(relay.client.disconnected
-                                            and relay.backend.disconnected))
+                                            and relay.backend.disconnected
+                                            # no shutdown(2) after both FINs
+                                            and relay.client._shouldShutdown is False))
 
         self.patch(Relay, "spliced_done", spliced_done)  # type: ignore[attr-defined]
 

@@ -318,15 +318,19 @@ class ClientSide(Protocol):
         """Connect with a bare socket; the relay will splice (gatekeep.targets.rawbackend)."""
         assert self.direct is not None
         host, port, connect_timeout, _ = self.direct
+        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._joined,
+                                self._failed)
+        self._connecting = connecting
+        # The sniffed bytes follow at once (ITarget: dataReceived after makeConnection),
+        # and join a connect that completed at once (a loopback backend's) right there.
+        connecting.start(finish_soon=bool(self.inbound.prefix))
+        if connecting.ready or connecting.done:
+            return
         # One deadline, the earlier of the route's and the endpoint's (connectTCP's).
         if timeout is None or (connect_timeout is not None and connect_timeout < timeout):
             timeout = connect_timeout
         if timeout is not None:
             self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
-        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._joined,
-                                self._failed)
-        self._connecting = connecting
-        connecting.start()
 
     def _timedOut(self) -> None:
         # Cancelling makes endpoints fail with ConnectingCancelledError; remember why.
@@ -379,6 +383,9 @@ class ClientSide(Protocol):
         relay = self.relay
         if relay is None or relay.backend is None:
             self._pending.append(data)
+            connecting = self._connecting
+            if type(connecting) is RawConnect and connecting.ready:
+                connecting.finish()  # connected already: relay from here
         else:
             relay.from_client(data)
 

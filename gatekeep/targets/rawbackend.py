@@ -45,6 +45,15 @@ def _connect_error(code: int) -> Failure:
     return Failure(error.getConnectError((code, os.strerror(code))))
 
 
+def _connected(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect has completed (and not failed)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
 class RawBackend:
     """
     The connected backend socket: what :class:`~gatekeep.relay.Relay` and
@@ -104,8 +113,8 @@ class RawConnect:
     writability; then ``joined(RawBackend)`` or ``failed(Failure)``, exactly once.
     """
 
-    __slots__ = ("done", "failed", "fd", "host", "joined", "port", "reactor", "relay",
-                 "sock")
+    __slots__ = ("done", "failed", "fd", "host", "joined", "port", "reactor", "ready",
+                 "relay", "sock")
 
     def __init__(self, reactor: Any, relay: Relay, host: str, port: int,
                  joined: Callable[[Any], None],
@@ -117,20 +126,37 @@ class RawConnect:
         self.joined = joined
         self.failed = failed
         self.done = False
+        #: Connected by ``connect`` itself; :meth:`finish` hands it over.
+        self.ready = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.fd = self.sock.fileno()
 
-    def start(self) -> None:
+    def start(self, finish_soon: bool = False) -> None:
+        """
+        Start connecting. With ``finish_soon`` the caller promises to call
+        :meth:`finish` before returning to the reactor: a connect that completed
+        within the ``connect`` call (a loopback backend does) is then not watched at
+        all (:attr:`ready`), and ``finish`` hands it over.
+        """
         sock = self.sock
         sock.setblocking(False)
         code = sock.connect_ex((self.host, self.port))
         if code in _UNDER_WAY:
+            if finish_soon and _connected(sock):
+                self.ready = True
+                return
             self.reactor.addWriter(self)
         else:
             # As connectTCP: the failure arrives from the reactor, not from this call.
             self.done = True
             sock.close()
             self.reactor.callLater(0, self.failed, _connect_error(code))
+
+    def finish(self) -> None:
+        """If the connect is :attr:`ready`, hand the connection over now."""
+        if self.ready and not self.done:
+            self.done = True
+            self.joined(RawBackend(self.sock, self.relay, self.host, self.port))
 
     # IReadWriteDescriptor
 

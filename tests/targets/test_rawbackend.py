@@ -9,9 +9,10 @@ import socket
 from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor, task
-from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReadWriteDescriptor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gatekeep import splice
@@ -147,6 +148,8 @@ forward = {{ to = "tcp:127.0.0.1:{port}" }}
 class BareForwardTests(TestCase):
     """Through a listener: the close reasons are those of the Twisted connect path."""
 
+    timeout = 30
+
     def setUp(self) -> None:
         if not splice.AVAILABLE:
             raise SkipTest("the bare connect serves the splice path (Linux)")
@@ -158,9 +161,9 @@ class BareForwardTests(TestCase):
         bare: list[RawConnect] = []
         original = RawConnect.start
 
-        def start(connecting: RawConnect) -> None:
+        def start(connecting: RawConnect, finish_soon: bool = False) -> None:
             bare.append(connecting)
-            original(connecting)
+            original(connecting, finish_soon)
 
         self.patch(RawConnect, "start", start)
         done: defer.Deferred[None] = defer.Deferred()
@@ -192,3 +195,131 @@ class BareForwardTests(TestCase):
     def test_connect_timeout(self) -> Any:
         event = yield self._one(_stalled_listener(self), timeout="300ms")
         self.assertEqual(event["close_reason"], "backend connect timeout")
+
+
+SNIFFING_CONFIG = """
+[[listener]]
+name = "edge"
+endpoint = "tcp:0:interface=127.0.0.1"
+service = "svc"
+
+[service.svc]
+[[service.svc.route]]
+name = "tls"
+match.tls = {{}}
+reject = {{}}
+
+[[service.svc.route]]
+name = "all"
+forward = {{ to = "tcp:127.0.0.1:{port}" }}
+"""
+
+
+@implementer(IHalfCloseableProtocol)
+class _Replier(protocol.Protocol):
+    """Backend: answers ``reply`` once it has ``expect`` bytes or the client's EOF, then closes."""
+
+    def __init__(self, expect: int, reply: bytes, got: list[bytes]) -> None:
+        self.expect = expect
+        self.reply = reply
+        self.got = got
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.expect:
+            self._answer()
+
+    def readConnectionLost(self) -> None:
+        self._answer()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _answer(self) -> None:
+        assert self.transport is not None
+        self.got.append(self.data)
+        self.transport.write(self.reply)
+        self.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _Client(protocol.Protocol):
+    def __init__(self, send: bytes, half_close: bool) -> None:
+        self.send = send
+        self.half_close = half_close
+        self.received = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.send)
+        if self.half_close:
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.received)
+
+
+class ConnectedAtOnceTests(TestCase):
+    """A loopback connect completes inside connect(): the sniffed bytes join it at once."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not splice.AVAILABLE:
+            raise SkipTest("the bare connect serves the splice path (Linux)")
+        splice.configure(True)
+        self.connects: list[RawConnect] = []
+        self.watched: list[bool] = []
+        original = RawConnect.start
+        connects, watched = self.connects, self.watched
+
+        def start(connecting: RawConnect, finish_soon: bool = False) -> None:
+            connects.append(connecting)
+            original(connecting, finish_soon)
+            watched.append(connecting in reactor.getWriters())
+
+        self.patch(RawConnect, "start", start)
+
+    @defer.inlineCallbacks
+    def _exchange(self, send: bytes, expect: int, half_close: bool) -> Any:
+        got: list[bytes] = []
+        factory: Any = protocol.Factory.forProtocol(lambda: _Replier(expect, b"world!", got))
+        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        address: Any = backend.getHost()
+        ports = start_gatekeep(self, SNIFFING_CONFIG.format(port=address.port))
+        client = _Client(send, half_close)
+        with captured_log("gatekeep.connection") as events:
+            yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
+                "127.0.0.1", ports["edge"])
+            received = yield client.done
+            while not events:
+                yield task.deferLater(reactor, 0.01, lambda: None)
+        [event] = events
+        self.assertEqual(received, b"world!")
+        self.assertEqual(got, [send])
+        self.assertEqual((event["route"], event["close_reason"]), ("all", "done"))
+        self.assertEqual((event["bytes_in"], event["bytes_out"]), (len(send), 6))
+        [connecting] = self.connects
+        self.assertTrue(connecting.done)
+        self.assertEqual(self.watched, [False], "the reactor watched a finished connect")
+
+    def test_joined_without_watching_the_connect(self) -> Any:
+        return self._exchange(b"hello", 5, half_close=False)
+
+    def test_client_half_closed_during_detection(self) -> Any:
+        # Two bytes of a TLS record header and a FIN: detection ends at the EOF, the
+        # catch-all route joins the backend at once, then passes the half-close on.
+        return self._exchange(b"\x16\x03", 3, half_close=True)

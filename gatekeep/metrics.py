@@ -136,8 +136,8 @@ def connection_opened(record: ConnectionRecord) -> None:
     _open[id(record)] = (record, 0, 0)
 
 
-def connection_ended(record: ConnectionRecord) -> None:
-    """Count one finished connection (called with its log line)."""
+def connection_ended(record: ConnectionRecord) -> str:
+    """Count one finished connection (called with its log line); returns its outcome."""
     route = record.route or "-"
     outcome = outcome_of(record)
     CONNECTIONS.inc((record.listener, route, record.protocol or "unknown", outcome))
@@ -148,6 +148,7 @@ def connection_ended(record: ConnectionRecord) -> None:
         OPEN.inc((record.listener,), -1)
     if outcome == "no_route":
         REFUSALS.inc((record.listener, "no_route"))
+    return outcome
 
 
 def refused(listener: str, reason: str) -> None:

@@ -60,7 +60,13 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 # Transports whose ``socket`` is the connection itself, with nothing in between.
 _PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
 
-_switch = {"config": True}
+def _environment_allows() -> bool:
+    return os.environ.get("GATEKEEP_SPLICE", "1").strip().lower() not in ("0", "off", "no",
+                                                                        "false")
+
+
+#: The config's ``splice`` key, and ``GATEKEEP_SPLICE`` as read when it was applied.
+_switch = {"config": True, "environment": _environment_allows()}
 
 
 def _bare(transport: Any) -> bool:
@@ -69,16 +75,18 @@ def _bare(transport: Any) -> bool:
 
 
 def configure(enable: bool) -> None:
-    """The config's ``splice`` key: False keeps every relay on the portable path."""
+    """
+    The config's ``splice`` key: False keeps every relay on the portable path. The
+    environment's ``GATEKEEP_SPLICE`` is read here too (at start and on each reload),
+    not per connection.
+    """
     _switch["config"] = enable
+    _switch["environment"] = _environment_allows()
 
 
 def enabled() -> bool:
     """True if new relays may take the fast path (platform, config and environment)."""
-    if not AVAILABLE or not _switch["config"]:
-        return False
-    return os.environ.get("GATEKEEP_SPLICE", "1").strip().lower() not in ("0", "off", "no",
-                                                                        "false")
+    return AVAILABLE and _switch["config"] and _switch["environment"]
 
 
 def usable(transport: Any) -> bool:
@@ -161,7 +169,7 @@ class _End:
         return self.fd
 
     def logPrefix(self) -> str:
-        return f"splice,{self.side}"
+        return _PREFIXES[self.side]
 
     def doRead(self) -> None:
         self.splicer.readable(self)
@@ -176,6 +184,7 @@ class _End:
         self.splicer.lost(self, reason)
 
 
+_PREFIXES = {"client": "splice,client", "backend": "splice,backend"}
 _CLOSERS = ("loseConnection", "abortConnection")
 
 
@@ -278,8 +287,11 @@ class Splicer:
 
     def _update(self) -> None:
         c2b, b2c = self.c2b, self.b2c
-        self._want(self.client, not c2b.eof and not c2b.busy, b2c.busy)
-        self._want(self.backend, not b2c.eof and not b2c.busy, c2b.busy)
+        # (``busy`` spelt out: this runs after every event)
+        c2b_busy = bool(c2b.queued or c2b.pending)
+        b2c_busy = bool(b2c.queued or b2c.pending)
+        self._want(self.client, not c2b.eof and not c2b_busy, b2c_busy)
+        self._want(self.backend, not b2c.eof and not b2c_busy, c2b_busy)
 
     def _release(self) -> None:
         """Stop watching both sockets and give the pipes back; the transports take over."""
@@ -358,7 +370,7 @@ class Splicer:
         src = flow.src.fd
         record = self.relay.record
         for _ in range(_ROUNDS):
-            if flow.busy or flow.eof:
+            if flow.eof or flow.queued or flow.pending:
                 return
             if flow.pipe is None:
                 flow.pipe = _pool.take()

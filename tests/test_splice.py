@@ -26,8 +26,11 @@ def test_enabled_by_default_and_switched_off_by_config_or_environment(
     splice.configure(True)
     for value in ("0", "off", "no", "false", " OFF "):
         monkeypatch.setenv("GATEKEEP_SPLICE", value)
+        splice.configure(True)  # the environment is read when the config is applied
         assert not splice.enabled(), value
     monkeypatch.setenv("GATEKEEP_SPLICE", "1")
+    assert not splice.enabled()  # not per connection
+    splice.configure(True)
     assert splice.enabled()
 
 

@@ -63,6 +63,10 @@ def _direct(endpoint: IStreamClientEndpoint) -> _Direct | None:
     return (endpoint._host, endpoint._port, endpoint._timeout, endpoint._bindAddress)
 
 
+#: A target's per-reactor plan: endpoint, connectTCP's arguments, bare connect allowed.
+_Plan = tuple[IStreamClientEndpoint, _Direct | None, bool]
+
+
 def _bare(direct: _Direct | None) -> bool:
     """Whether a ``tcp:`` backend may be connected with a bare socket (RawConnect)."""
     return direct is not None and direct[3] is None and isIPAddress(direct[0])
@@ -156,8 +160,12 @@ class ForwardTarget:
     # the connect itself.
     _endpoints: weakref.WeakKeyDictionary[Any, IStreamClientEndpoint] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
-    _directs: weakref.WeakKeyDictionary[Any, _Direct | None] = attrs.field(
+    # Per reactor, what attach needs: the endpoint, connectTCP's arguments (tcp:) and
+    # whether those allow a bare connect; worked out once, not per connection.
+    _plans: weakref.WeakKeyDictionary[Any, _Plan] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    #: The backend connection is a bare socket (tcp:, tcp6:, unix:): it may splice.
+    _plain: bool = attrs.field(default=False, init=False, repr=False)
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         endpoint = self._endpoints.get(reactor)
@@ -167,20 +175,22 @@ class ForwardTarget:
                 else clientFromString(reactor, self.to))
         return endpoint
 
+    def _plan(self, reactor: Any) -> _Plan:
+        try:
+            return self._plans[reactor]
+        except KeyError:
+            endpoint = self.endpoint(reactor)
+            direct = _direct(endpoint)
+            plan = self._plans[reactor] = (endpoint, direct, _bare(direct))
+            return plan
+
     def direct(self, reactor: Any) -> _Direct | None:
         """For a ``tcp:`` backend, the parsed ``connectTCP`` arguments (else ``None``)."""
-        try:
-            return self._directs[reactor]
-        except KeyError:
-            direct = self._directs[reactor] = _direct(self.endpoint(reactor))
-            return direct
-
-    @property
-    def _plain_socket(self) -> bool:
-        """Whether the backend connection is a bare socket (tcp:, tcp6:, unix:)."""
-        return self.transparent or self.to.split(":", 1)[0].strip().lower() in _PLAIN_KINDS
+        return self._plan(reactor)[1]
 
     def __attrs_post_init__(self) -> None:
+        self._plain = (self.transparent
+                       or self.to.split(":", 1)[0].strip().lower() in _PLAIN_KINDS)
         if self.proxy_tlvs and self.proxy_protocol != 2:
             raise ValueError('impossible combination: proxy_tlvs needs proxy_protocol = "v2"')
         if self.transparent:
@@ -201,10 +211,9 @@ class ForwardTarget:
             preamble = outgoing_header(inbound, self.proxy_protocol, self.proxy_tlvs)
         if self.transparent:
             return ClientSide(inbound, self._transparent(inbound), preamble, fast=True)
-        reactor = inbound.reactor
-        direct = self.direct(reactor)
-        return ClientSide(inbound, self.endpoint(reactor), preamble, fast=self._plain_socket,
-                          direct=direct, bare=_bare(direct))
+        endpoint, direct, bare = self._plan(inbound.reactor)
+        return ClientSide(inbound, endpoint, preamble, fast=self._plain, direct=direct,
+                          bare=bare)
 
     def describe(self) -> str:
         extra = f" with PROXY v{self.proxy_protocol}" if self.proxy_protocol else ""

@@ -48,6 +48,9 @@ log = Logger()
 # tls:, tor: and plugins' endpoints wrap theirs and keep the portable relay.
 _PLAIN_KINDS = frozenset({"tcp", "tcp6", "unix"})
 
+#: Bytes a client may send while its backend connects before its reading pauses.
+_PENDING_LIMIT = 64 * 1024
+
 
 #: What ``reactor.connectTCP`` needs for a ``tcp:`` backend: host, port, timeout, bind.
 _Direct = tuple[str, int, float | None, Any]
@@ -283,6 +286,8 @@ class ClientSide(Protocol):
         self.preamble = preamble
         self.relay: Relay | None = None
         self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._paused = False
         self._connecting: defer.Deferred[Any] | _DirectConnect | RawConnect | None = None
         self._timer: QueuedDeadline | None = None
         self._timed_out = False
@@ -291,7 +296,13 @@ class ClientSide(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        transport.pauseProducing()  # type: ignore[attr-defined]
+        if self.inbound.shaping is not None or (self.fast and splice.usable(transport)):
+            # A shaper must see every byte, and a spliced socket is read by the
+            # splicer alone: nothing is read until the backend has joined.
+            transport.pauseProducing()  # type: ignore[attr-defined]
+        # Otherwise (a TLS-terminated stream, a wrapped backend) what the client sends
+        # while the backend connects waits in _pending, up to _PENDING_LIMIT: no
+        # stop-and-start of reading (two epoll_ctl calls) for every connection.
         self.relay = relay = Relay(transport, self.inbound.record, self.inbound.shaping,
                                    self.inbound.reactor, fast=self.fast)
         self._started = self.inbound.reactor.seconds()
@@ -392,6 +403,10 @@ class ClientSide(Protocol):
         relay = self.relay
         if relay is None or relay.backend is None:
             self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > _PENDING_LIMIT and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
             connecting = self._connecting
             if type(connecting) is RawConnect and connecting.ready:
                 connecting.finish()  # connected already: relay from here

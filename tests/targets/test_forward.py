@@ -50,19 +50,36 @@ class ForwardTests(SynchronousTestCase):
         protocol, client = self.connect(REQUEST[:10])
         self.assertEqual(client.producerState, "producing")  # still sniffing
         protocol.dataReceived(REQUEST[10:])
-        self.assertEqual(client.producerState, "paused")  # not read until the backend is up
+        # A socket the relay cannot splice keeps being read while the backend
+        # connects (no stop and restart of reading); what arrives waits.
+        self.assertEqual(client.producerState, "producing")
+        protocol.dataReceived(b"early")
         backend = StringTransport()
         backend_side = self.backend_factory().buildProtocol(None)
         backend_side.makeConnection(backend)
-        self.assertEqual(backend.value(), REQUEST)
+        self.assertEqual(backend.value(), REQUEST + b"early")
         self.assertEqual(client.producerState, "producing")
         # Each side is the other's producer: a full buffer pauses the other side.
         self.assertIs(backend.producer, client)
         self.assertIs(client.producer, backend)
         protocol.dataReceived(b"body")
-        self.assertEqual(backend.value(), REQUEST + b"body")
+        self.assertEqual(backend.value(), REQUEST + b"earlybody")
         backend_side.dataReceived(b"HTTP/1.1 200 OK\r\n")
         self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\n")
+
+    def test_a_client_sending_much_while_connecting_is_paused(self) -> None:
+        protocol, client = self.connect(REQUEST)
+        chunk = b"x" * 16384
+        for _ in range(3):
+            protocol.dataReceived(chunk)
+        self.assertEqual(client.producerState, "producing")  # 48 KiB and the request
+        protocol.dataReceived(chunk)  # past 64 KiB
+        self.assertEqual(client.producerState, "paused")
+        protocol.dataReceived(chunk)  # what was already on its way
+        backend = StringTransport()
+        self.backend_factory().buildProtocol(None).makeConnection(backend)
+        self.assertEqual(backend.value(), REQUEST + chunk * 5)
+        self.assertEqual(client.producerState, "producing")
 
     def test_refused_http_gets_502(self) -> None:
         protocol, client = self.connect(REQUEST)

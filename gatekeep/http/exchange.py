@@ -53,6 +53,9 @@ class Downstream(TypingProtocol):
                            fields: list[tuple[bytes, bytes]]) -> None: ...
     def send_head(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]],
                   length: int | None, body: bool, close: bool = False) -> None: ...
+    def send_response(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]],
+                      length: int | None, body: bool, data: bytes) -> None:
+        """``send_head``, then ``send_data(data)`` when ``data``, then ``send_end``."""
     def send_data(self, data: bytes) -> None: ...
     def send_end(self) -> None: ...
     def flush(self) -> None: ...
@@ -283,16 +286,13 @@ class Exchange:
         """
         if self.finished:
             return
-        self._response_head(head)
-        downstream = self.downstream
-        if body:
-            self.sent += len(body)
-            downstream.send_data(body)
-        downstream.send_end()
+        self._response_head(head, body)
+        self.sent += len(body)
         self._release_upstream(reuse=True)
         self._finish()
 
-    def _response_head(self, event: ResponseHead) -> None:
+    def _response_head(self, event: ResponseHead, whole: bytes | None = None) -> None:
+        """Pass the response head on; with ``whole``, the whole body too (and its end)."""
         self._stop_timer()
         self.status = status = event.status
         self.response_started = True
@@ -308,8 +308,12 @@ class Exchange:
             if lower not in NOT_PASSED and lower not in listed:
                 fields.append(field)
         body = status not in _NO_BODY_STATUS and self.head.method != b"HEAD"
-        self.downstream.send_head(status, event.reason or reason_of(status), fields,
-                                  event.length, body)
+        if whole is None:
+            self.downstream.send_head(status, event.reason or reason_of(status), fields,
+                                      event.length, body)
+        else:
+            self.downstream.send_response(status, event.reason or reason_of(status), fields,
+                                          event.length, body, whole)
 
     def upstream_waiting(self) -> None:
         """The backend's bytes so far are handled: a held response head may go."""

@@ -159,6 +159,12 @@ class H2Stream:
         if not body:
             self.response_done = True
 
+    def send_response(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]],
+                      length: int | None, body: bool, data: bytes) -> None:
+        self.send_head(status, reason, fields, length, body)
+        self.send_data(data)
+        self.send_end()
+
     def _headers(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
         if self.closed:
             return

@@ -17,15 +17,15 @@ from typing import Any
 
 from twisted.internet import tcp, unix
 
-__all__ = ["send_now"]
+__all__ = ["PLAIN", "send_now"]
 
 # Transports whose ``socket`` is the connection itself, with nothing in between.
-_PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
+PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
 
 
 def send_now(transport: Any, data: bytes) -> None:
     """Write ``data`` to ``transport``, sending at once what a bare socket accepts."""
-    if (data and type(transport) in _PLAIN and transport.connected
+    if (data and type(transport) in PLAIN and transport.connected
             and not transport.disconnecting and not transport._writeDisconnected
             and not transport.dataBuffer
             and not transport._tempDataBuffer and not getattr(transport, "TLS", False)):

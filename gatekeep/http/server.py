@@ -25,6 +25,7 @@ from gatekeep.http.deadline import Deadline
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.forwarding import client_ip
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
+from gatekeep.http.sendnow import PLAIN as _PLAIN
 from gatekeep.http.sendnow import send_now
 from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
@@ -50,6 +51,8 @@ def _half_close(transport: Any) -> None:
 
 def is_tls(transport: Any) -> bool:
     """Whether gatekeep itself decrypted this connection (terminate, or any TLS transport)."""
+    if type(transport) in _PLAIN and not getattr(transport, "TLS", False):
+        return False  # a bare socket
     from OpenSSL import SSL
 
     get_handle = getattr(transport, "getHandle", None)
@@ -282,6 +285,24 @@ class HTTP1Connection(Protocol):
             self._held = data
         else:
             self._write(data)
+
+    def send_response(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]],
+                      length: int | None, body: bool, data: bytes) -> None:
+        """A whole response (its body, if any, all of ``data``) in one write."""
+        if length is None and body:  # chunked or close-delimited: as its parts
+            self.send_head(status, reason, fields, length, body)
+            self.send_data(data)
+            self.send_end()
+            return
+        head = self.head
+        assert head is not None
+        close = not head.keep_alive or self._client_eof
+        if length is not None:
+            fields.append((b"Content-Length", b"%d" % length))
+        if close:
+            fields.append((b"Connection", b"close"))
+        self._close_after = close
+        self._write(response_head(status, reason, fields) + data)
 
     def flush(self) -> None:
         """Write a held response head now (its body is not here yet)."""

@@ -35,7 +35,9 @@ def _speaks_h2(inbound: Inbound) -> bool:
     get_handle = getattr(inbound.transport, "getHandle", None)
     try:
         handle = get_handle() if get_handle is not None else None
-        negotiated = handle.get_alpn_proto_negotiated() if handle is not None else None
+        # A plain socket has no ALPN: asked without raising (and catching) an error.
+        alpn = getattr(handle, "get_alpn_proto_negotiated", None)
+        negotiated = alpn() if alpn is not None else None
     except Exception:  # noqa: BLE001 - not a pyOpenSSL connection: not TLS
         return False
     return negotiated == b"h2"

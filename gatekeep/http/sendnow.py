@@ -16,8 +16,9 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp, unix
+from twisted.internet.protocol import connectionDone
 
-__all__ = ["PLAIN", "send_now"]
+__all__ = ["PLAIN", "close_now", "send_now"]
 
 # Transports whose ``socket`` is the connection itself, with nothing in between.
 PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
@@ -41,3 +42,25 @@ def send_now(transport: Any, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+def close_now(transport: Any) -> None:
+    """
+    ``transport.loseConnection()``, done at once when nothing is queued on a bare socket.
+
+    Twisted's ``loseConnection`` asks the reactor to watch the socket for writability;
+    the next turn calls ``doWrite``, which sends the (empty) rest of the buffer (one
+    empty ``send``) and only then closes the connection (``shutdown`` and ``close``) and
+    tells the protocol. With nothing queued that turn can only close, so it is done
+    here: the same ``connectionLost``, the same shutdown and close, no empty send and
+    no extra trip through the event loop. Anything else takes ``loseConnection``.
+    """
+    if (type(transport) in PLAIN and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport.dataBuffer
+            and not transport._tempDataBuffer and not getattr(transport, "TLS", False)
+            and not (transport.producer is not None and transport.producerPaused)):
+        # (A paused producer would be resumed by that turn instead, and the close wait.)
+        transport.disconnecting = True
+        transport.connectionLost(connectionDone)
+    else:
+        transport.loseConnection()

@@ -26,7 +26,7 @@ from gatekeep.http.exchange import Exchange
 from gatekeep.http.forwarding import client_ip
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
 from gatekeep.http.sendnow import PLAIN as _PLAIN
-from gatekeep.http.sendnow import send_now
+from gatekeep.http.sendnow import close_now, send_now
 from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
 
@@ -400,7 +400,7 @@ class HTTP1Connection(Protocol):
         self.flush()
         self._closing = True
         if self.transport is not None:
-            self.transport.loseConnection()
+            close_now(self.transport)
 
     def readConnectionLost(self) -> None:
         self._client_eof = True

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gatekeep.http.deadline import Deadline
-from gatekeep.http.sendnow import send_now
+from gatekeep.http.sendnow import close_now, send_now
 from tests.http.harness import Harness
 from tests.http.test_proxy import SITE
 
@@ -170,6 +170,67 @@ class SendNowTests(TestCase):
 
         result: Deferred[None] = connecting.addCallback(check)
         return result
+
+
+class CloseNowTests(TestCase):
+    def test_falls_back_to_lose_connection_for_wrappers(self) -> None:
+        transport = StringTransport()
+        close_now(transport)
+        self.assertTrue(transport.disconnecting)
+
+    def closing(self, data: bytes) -> Deferred[None]:
+        """A server writes ``data`` and closes at once; the client gets it all, then EOF."""
+        lost: list[bool] = []
+        done: Deferred[bytes] = Deferred()
+
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                sock = self.transport.getHandle()  # type: ignore[union-attr]
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                send_now(self.transport, data)
+                queued = bool(self.transport.dataBuffer  # type: ignore[union-attr]
+                              or self.transport._tempDataBuffer)  # type: ignore[union-attr]
+                close_now(self.transport)
+                # Nothing queued: closed now, not on a later turn of the reactor.
+                lost.append(queued)
+                if not queued:
+                    test.assertTrue(self.closed)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.closed = True
+
+        class Client(Protocol):
+            def __init__(self) -> None:
+                self.got = b""
+
+            def dataReceived(self, received: bytes) -> None:
+                self.got += received
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(self.got)
+
+        test = self
+        Server.closed = False
+        factory: Any = Factory.forProtocol(Server)
+        port = REACTOR.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        endpoint = TCP4ClientEndpoint(REACTOR, "127.0.0.1", port.getHost().port)
+        endpoint.connect(Factory.forProtocol(Client))
+
+        def got(received: bytes) -> None:
+            self.assertEqual(received, data)
+            self.assertEqual(len(lost), 1)
+
+        result: Deferred[None] = done.addCallback(got)
+        return result
+
+    def test_nothing_queued_closes_at_once_after_every_byte(self) -> Deferred[None]:
+        return self.closing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def test_bytes_queued_are_sent_before_the_close(self) -> Deferred[None]:
+        return self.closing(bytes(range(256)) * 40_000)  # more than the socket takes
 
 
 class HeadScanTests(SynchronousTestCase):

@@ -8,11 +8,12 @@ more than the sniff cap for a backend that is slow to accept.
 
 from __future__ import annotations
 
+import socket
 import weakref
 from typing import Any
 
 import attrs
-from twisted.internet import defer, error
+from twisted.internet import defer, error, tcp
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -229,6 +231,13 @@ class ForwardTarget:
         return f"forward to {self.to}{extra}"
 
 
+class _AdoptedBackend(tcp.Server):
+    """A backend connection gatekeep connected itself, as a Twisted TCP transport."""
+
+    def _getLogPrefix(self, protocol: Any) -> str:
+        return "backend"
+
+
 class _DirectConnect(ClientFactory):
     """
     One ``connectTCP`` to a ``tcp:`` backend, reporting to its :class:`ClientSide` as
@@ -311,6 +320,10 @@ class ClientSide(Protocol):
                 and splice.enabled() and splice.usable(transport):
             self._connectBare(relay, timeout)
             return
+        if self.direct is not None and self.bare and \
+                isinstance(self.inbound.reactor, PosixReactorBase):
+            self._connectAdopted(relay, timeout)
+            return
         if timeout is not None:
             # A queue shared by all connections with this timeout, not a DelayedCall each.
             self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
@@ -351,6 +364,42 @@ class ClientSide(Protocol):
             timeout = connect_timeout
         if timeout is not None:
             self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
+
+    def _connectAdopted(self, relay: Relay, timeout: float | None) -> None:
+        """
+        Connect with a bare socket, then relay through a Twisted transport made from
+        it (a relay that will not splice: TLS-terminated or shaped streams). Against
+        ``connectTCP`` this leaves out the connector, its resolution turn, the
+        second ``connect`` and, for a loopback backend, a turn of the reactor.
+        """
+        assert self.direct is not None
+        host, port, connect_timeout, _ = self.direct
+        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._adopted,
+                                self._failed, wrap=self._transport)
+        self._connecting = connecting
+        connecting.start(finish_soon=True)
+        if connecting.ready:
+            connecting.finish()
+            return
+        if connecting.done:
+            return
+        if timeout is None or (connect_timeout is not None and connect_timeout < timeout):
+            timeout = connect_timeout
+        if timeout is not None:
+            self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
+
+    def _transport(self, sock: socket.socket) -> tcp.Server:
+        """The connected backend socket as a Twisted TCP transport (not yet started)."""
+        assert self.relay is not None and self.direct is not None
+        host, port = self.direct[0], self.direct[1]
+        # No listening port: as Twisted's own adoptStreamConnection makes it.
+        transport = _AdoptedBackend(sock, BackendSide(self.relay, self._joined), (host, port),
+                                    None, port, self.inbound.reactor)  # type: ignore[arg-type]
+        transport.repstr = f"<backend {host}:{port}>"
+        return transport
+
+    def _adopted(self, transport: Any) -> None:
+        transport.protocol.makeConnection(transport)  # BackendSide: then _joined
 
     def _timedOut(self) -> None:
         # Cancelling makes endpoints fail with ConnectingCancelledError; remember why.

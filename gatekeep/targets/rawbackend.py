@@ -114,12 +114,15 @@ class RawConnect:
     """
 
     __slots__ = ("done", "failed", "fd", "host", "joined", "port", "reactor", "ready",
-                 "relay", "sock")
+                 "relay", "sock", "wrap")
 
     def __init__(self, reactor: Any, relay: Relay, host: str, port: int,
                  joined: Callable[[Any], None],
-                 failed: Callable[[Failure], None]) -> None:
+                 failed: Callable[[Failure], None],
+                 wrap: Callable[[socket.socket], Any] | None = None) -> None:
         self.reactor = reactor
+        #: Makes the connected socket what ``joined`` gets (default: a RawBackend).
+        self.wrap = wrap
         self.relay = relay
         self.host = host
         self.port = port
@@ -156,7 +159,7 @@ class RawConnect:
         """If the connect is :attr:`ready`, hand the connection over now."""
         if self.ready and not self.done:
             self.done = True
-            self.joined(RawBackend(self.sock, self.relay, self.host, self.port))
+            self.joined(self._backend(self.sock))
 
     # IReadWriteDescriptor
 
@@ -180,7 +183,12 @@ class RawConnect:
             sock.close()
             self.failed(_connect_error(code))
             return
-        self.joined(RawBackend(sock, self.relay, self.host, self.port))
+        self.joined(self._backend(sock))
+
+    def _backend(self, sock: socket.socket) -> Any:
+        if self.wrap is not None:
+            return self.wrap(sock)
+        return RawBackend(sock, self.relay, self.host, self.port)
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor gave up on the descriptor: epoll reported an error or hang-up

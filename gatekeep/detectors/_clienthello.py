@@ -15,6 +15,8 @@ the prefix instead of guessing. Unknown extensions are skipped, never interprete
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 __all__ = [
@@ -206,6 +208,10 @@ def _u16(m: memoryview, at: int) -> int:
     return (m[at] << 8) | m[at + 1]
 
 
+# An extension's type and length, read in one call (a hello has a dozen or more).
+_EXTENSION_HEADER = struct.Struct(">HH")
+
+
 def _parse_message(m: memoryview, records: int, length: int) -> Result:
     """Parse a complete handshake message; only its declared lengths are trusted."""
     end = len(m)
@@ -224,7 +230,7 @@ def _parse_message(m: memoryview, records: int, length: int) -> Result:
     p += 2
     if cs_len < 2 or cs_len % 2 or p + cs_len > end:
         return Rejected("malformed ClientHello: cipher suites length")
-    suites = tuple(_u16(m, i) for i in range(p, p + cs_len, 2))
+    suites: tuple[int, ...] = struct.unpack_from(f">{cs_len // 2}H", m, p)
     p += cs_len
     if p >= end:
         return Rejected("malformed ClientHello: compression methods length")
@@ -272,8 +278,7 @@ class _Extensions:
         while p < end:
             if p + 4 > end:
                 return "extension header"
-            ext_type = _u16(m, p)
-            ext_len = _u16(m, p + 2)
+            ext_type, ext_len = _EXTENSION_HEADER.unpack_from(m, p)
             p += 4
             if p + ext_len > end:
                 return "extension length"

@@ -172,8 +172,8 @@ def parse_head(head: bytes) -> RequestHead:
     host_field = length = None
     connection: list[bytes] | None = None
     names = NAMES
-    for index in range(1, len(lines)):
-        name, colon, value = lines[index].partition(b":")
+    for raw in lines[1:]:
+        name, colon, value = raw.partition(b":")
         lower = names.get(name) or field_name(name)
         if lower is None or not colon:
             return parse_head_general(head)

@@ -165,10 +165,10 @@ class ResponseReader:
         lowers: list[bytes] = []
         framing: list[tuple[bytes, bytes]] = []
         names = NAMES
-        for index in range(1, len(lines)):
+        for raw in lines[1:]:
             # What _FIELD.fullmatch gives, without the regex engine: a token, a colon,
             # the value without the spaces and tabs around it.
-            name, colon, value = lines[index].partition(b":")
+            name, colon, value = raw.partition(b":")
             lower = names.get(name) or field_name(name)
             if not colon or lower is None:
                 raise BackendError("malformed header field in the response")
@@ -195,7 +195,10 @@ class ResponseReader:
         lengths: set[bytes] = set()
         for lower, value in framing:
             if lower == b"connection":
-                connection.update([t.strip().lower() for t in value.split(b",")])
+                if b"," in value:
+                    connection.update([t.strip().lower() for t in value.split(b",")])
+                else:
+                    connection.add(value.strip().lower())
             elif lower == b"transfer-encoding":
                 codings += [t.strip().lower() for t in value.split(b",") if t.strip()]
             elif b"," in value:
@@ -224,8 +227,8 @@ class ResponseReader:
         else:
             self._state, keep = "close", False
         self.keep_alive = keep
-        return ResponseHead(status, reason, fields, length, keep,
-                            connection=frozenset(connection), names=lowers)
+        return ResponseHead(status, reason, fields, length, keep, False, frozenset(connection),
+                            lowers)
 
     def _take(self, limit: int) -> bytes:
         buffer = self._buffer

@@ -131,8 +131,8 @@ class RawConnect:
         self.done = False
         #: Connected by ``connect`` itself; :meth:`finish` hands it over.
         self.ready = False
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.fd = self.sock.fileno()
+        self.sock: socket.socket | None = None
+        self.fd = -1
 
     def start(self, finish_soon: bool = False) -> None:
         """
@@ -141,7 +141,17 @@ class RawConnect:
         within the ``connect`` call (a loopback backend does) is then not watched at
         all (:attr:`ready`), and ``finish`` hands it over.
         """
-        sock = self.sock
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as problem:
+            # Out of descriptors, typically: reported as connectTCP reports it, from
+            # the reactor and not from this call.
+            self.done = True
+            self.reactor.callLater(0, self.failed, Failure(
+                error.ConnectBindError(problem.errno, problem.strerror)))
+            return
+        self.sock = sock
+        self.fd = sock.fileno()
         sock.setblocking(False)
         code = sock.connect_ex((self.host, self.port))
         if code in _UNDER_WAY:
@@ -159,6 +169,7 @@ class RawConnect:
         """If the connect is :attr:`ready`, hand the connection over now."""
         if self.ready and not self.done:
             self.done = True
+            assert self.sock is not None
             self.joined(self._backend(self.sock))
 
     # IReadWriteDescriptor
@@ -178,6 +189,7 @@ class RawConnect:
         self.done = True
         self.reactor.removeWriter(self)
         sock = self.sock
+        assert sock is not None  # watched only once connecting
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             sock.close()
@@ -198,6 +210,7 @@ class RawConnect:
         self.done = True
         self.reactor.removeWriter(self)
         sock = self.sock
+        assert sock is not None  # watched only once connecting
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         sock.close()
         self.failed(_connect_error(code) if code else reason)
@@ -208,6 +221,7 @@ class RawConnect:
             return
         self.done = True
         self.reactor.removeWriter(self)
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         self.failed(Failure(error.ConnectingCancelledError(
             IPv4Address("TCP", self.host, self.port))))

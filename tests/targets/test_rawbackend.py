@@ -5,6 +5,8 @@ when it is used, and that it reports what ``connectTCP`` would.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import Any
 
@@ -73,6 +75,29 @@ class RawConnectTests(TestCase):
         return connecting, outcome
 
     @defer.inlineCallbacks
+    def test_no_descriptor_left_fails_as_connect_tcp_does(self) -> Any:
+        # Out of descriptors (EMFILE), socket() fails: a failure from the reactor,
+        # as connectTCP's ConnectBindError, not an exception in the caller.
+        def no_descriptors(*args: Any) -> Any:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        outcome: defer.Deferred[Any] = defer.Deferred()
+        relay: Any = type("FakeRelay", (), {"splicer": None})()
+        connecting = RawConnect(reactor, relay, "127.0.0.1", 9, outcome.callback,
+                                lambda reason: outcome.callback([reason]))
+        real = socket.socket
+        socket.socket = no_descriptors  # only while start() runs
+        try:
+            connecting.start(finish_soon=True)
+        finally:
+            socket.socket = real
+        self.assertFalse(outcome.called)
+        [reason] = yield outcome
+        self.assertIs(reason.type, error.ConnectBindError)
+        self.assertIn("Too many open files", reason.getErrorMessage())
+        connecting.cancel()  # nothing to stop
+
+    @defer.inlineCallbacks
     def test_refused_as_connect_tcp_reports_it(self) -> Any:
         port = _closed_port()
         theirs: defer.Deferred[list[Failure]] = defer.Deferred()
@@ -88,6 +113,7 @@ class RawConnectTests(TestCase):
         self.assertIsInstance(mine, Failure)
         self.assertIs(mine.type, error.ConnectionRefusedError)
         self.assertEqual(mine.getErrorMessage(), reference.getErrorMessage())
+        assert connecting.sock is not None
         self.assertEqual(connecting.sock.fileno(), -1)
         self.assertNotIn(connecting, reactor.getWriters())
 
@@ -126,6 +152,7 @@ class RawConnectTests(TestCase):
         connecting.cancel()
         [reason] = yield outcome
         self.assertIs(reason.type, error.ConnectingCancelledError)
+        assert connecting.sock is not None
         self.assertEqual(connecting.sock.fileno(), -1)
         self.assertNotIn(connecting, reactor.getWriters())
         connecting.cancel()  # idempotent

@@ -8,6 +8,7 @@ a JSON observer gets every field (client, listener, route, bytes_in, bytes_out..
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 
@@ -27,13 +28,17 @@ _FORMAT = (
 )
 
 
+# A fact value with one of these is written as a JSON string.
+_QUOTED = re.compile(r'[ "=\\]')
+
+
 def _show(value: FactValue) -> str:
     if isinstance(value, tuple):
         return ",".join(_show(v) for v in value) or "-"
     text = str(value)
     # Facts are validated by detectors, but plugins may report anything: never let
     # a client's bytes break the line or forge another field.
-    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+    if text and text.isprintable() and _QUOTED.search(text) is None:
         return text
     return json.dumps(text)
 

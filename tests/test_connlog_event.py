@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any
 
 import pytest
@@ -60,3 +62,12 @@ def test_goes_to_the_loggers_observer(monkeypatch: pytest.MonkeyPatch) -> None:
     [event] = seen
     assert event["log_namespace"] == "gatekeep.connection"
     assert event["log_logger"] is connlog.log
+
+
+def test_a_fact_is_bare_only_when_printable_without_space_quote_equals_or_backslash() -> None:
+    alphabet = ["a", " ", '"', "=", "\\", "\n", "é", "\x00", "."]
+    for size in range(5):
+        for letters in itertools.product(alphabet, repeat=size):
+            text = "".join(letters)
+            bare = bool(text) and text.isprintable() and not set(text) & set(' "=\\')
+            assert connlog._show(text) == (text if bare else json.dumps(text)), repr(text)

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -31,7 +33,7 @@ from gatekeep import metrics
 from gatekeep.detectors.proxy import PREAMBLE, header_facts
 from gatekeep.http.sendnow import send_now
 from gatekeep.routing import Selection
-from gatekeep.sniff import ListenerRuntime, SniffingProtocol
+from gatekeep.sniff import SniffingProtocol
 from gatekeep.timeouts import QueuedDeadline, deadlines_for
 from gatekeep.values import ConnectionRecord, FactValue, Inbound, Match, NoMatch
 
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
     from gatekeep.targets.terminate import TerminateTarget
 
 __all__ = ["InnerSniffer", "Refusal", "TerminatingProtocol", "handshake_error"]
+
+# Where BIO_get_mem_data puts its pointer (never read: only the length is wanted).
+_DATA = _ffi.new("char **")
+
+
+def _pending(bio: Any) -> int:
+    """Bytes waiting in an OpenSSL memory BIO (pyOpenSSL's bio_read raises on none)."""
+    return int(_lib.BIO_get_mem_data(bio, _DATA))
 
 
 class Refusal(Protocol):
@@ -157,6 +167,12 @@ class TerminatingProtocol(TLSMemoryBIOProtocol):
                     ProtocolWrapper.dataReceived(self, data)
         self._flushSendBIO()
 
+    def _flushSendBIO(self) -> None:
+        # Twisted's, without asking an empty BIO (OpenSSL's "want read" then costs an
+        # exception): most flushes follow a step that wrote nothing.
+        if _pending(self._tlsConnection._from_ssl):
+            TLSMemoryBIOProtocol._flushSendBIO(self)
+
     def loseWriteConnection(self) -> None:
         """
         A backend's EOF ends the TLS session (close_notify, then FIN) once everything
@@ -193,9 +209,7 @@ class InnerSniffer(SniffingProtocol):
 
     def __init__(self, target: TerminateTarget, outer: Inbound, sni: str | None) -> None:
         assert target.inner is not None, "the loader links terminate to its service"
-        super().__init__(ListenerRuntime.build(
-            outer.listener, target.inner, target.detectors, target.detect_timeout,
-            outer.reactor, guard=outer.guard.inner() if outer.guard is not None else None))
+        super().__init__(target.inner_runtime(outer))
         # The outer connection's shaping paces the decrypted relay (it is released
         # when the outer connection ends).
         self._shaping = outer.shaping

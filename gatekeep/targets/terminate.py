@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from cryptography.hazmat.primitives import hashes
@@ -40,6 +40,9 @@ from gatekeep.detectors.tls import TLSDetector, host_name
 from gatekeep.failures import failure_bytes
 from gatekeep.interfaces import IDetector, ITarget
 from gatekeep.values import Inbound, Service
+
+if TYPE_CHECKING:
+    from gatekeep.sniff import ListenerRuntime
 
 __all__ = ["TLS_VERSIONS", "TerminateTarget"]
 
@@ -235,6 +238,8 @@ class TerminateTarget:
     _generation: int = attrs.field(default=0, init=False, repr=False)
     _factories: weakref.WeakKeyDictionary[Any, TLSMemoryBIOFactory] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False)
+    _runtimes: dict[tuple[str, int, int], tuple[Any, ListenerRuntime]] = attrs.field(
+        factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.client_certificates != "none" and self.client_ca is None:
@@ -266,6 +271,26 @@ class TerminateTarget:
     def link(self, service: Service, detectors: Mapping[str, IDetector]) -> None:
         self.inner = service
         self.detectors = detectors
+        self._runtimes.clear()
+
+    def inner_runtime(self, outer: Inbound) -> ListenerRuntime:
+        """
+        The chain settings for the decrypted streams of ``outer``'s listener: the same
+        for all its connections, so made once (per listener, its guard and reactor).
+        """
+        from gatekeep.sniff import ListenerRuntime
+
+        assert self.inner is not None, "the loader links terminate to its service"
+        guard = outer.guard
+        key = (outer.listener, id(guard), id(outer.reactor))
+        known = self._runtimes.get(key)
+        if known is not None and known[0] is guard and known[1].reactor is outer.reactor:
+            return known[1]
+        runtime = ListenerRuntime.build(
+            outer.listener, self.inner, self.detectors, self.detect_timeout, outer.reactor,
+            guard=guard.inner() if guard is not None else None)
+        self._runtimes[key] = (guard, runtime)
+        return runtime
 
     # ------------------------------------------------------------ TLS
 

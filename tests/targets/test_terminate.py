@@ -305,6 +305,23 @@ class TerminateTests(SynchronousTestCase):
             protocol.connectionLost(connectionDone)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_the_inner_chain_settings_are_made_once_per_listener(self) -> None:
+        runtime = self.runtime(f'certificates = "{self.dir}"')
+        inner = []
+        for _ in range(2):
+            client = MemoryClient("example.test")
+            protocol = SniffingProtocol(runtime)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(client.hello())
+            client.pump(transport, protocol, self.reactor)
+            self.assertIsNone(client.error)
+            attached: Any = protocol.attached
+            inner.append(attached.wrappedProtocol.runtime)
+        self.assertIs(inner[0], inner[1])
+        # A reload makes a new target, and with it new settings.
+        self.assertIsNot(self.runtime(f'certificates = "{self.dir}"'), runtime)
+
     def test_client_certificates_required(self) -> None:
         ca_file = self.ca.write(self.dir.parent / "clients.pem")
         terminate = (f'certificates = "{self.dir}", client_certificates = "required", '

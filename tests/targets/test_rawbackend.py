@@ -85,12 +85,13 @@ class RawConnectTests(TestCase):
         relay: Any = type("FakeRelay", (), {"splicer": None})()
         connecting = RawConnect(reactor, relay, "127.0.0.1", 9, outcome.callback,
                                 lambda reason: outcome.callback([reason]))
-        real = socket.socket
-        socket.socket = no_descriptors  # only while start() runs
+        module: Any = socket
+        real = module.socket
+        module.socket = no_descriptors  # only while start() runs
         try:
             connecting.start(finish_soon=True)
         finally:
-            socket.socket = real
+            module.socket = real
         self.assertFalse(outcome.called)
         [reason] = yield outcome
         self.assertIs(reason.type, error.ConnectBindError)

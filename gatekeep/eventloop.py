@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
-from select import EPOLLIN, EPOLLOUT
+from select import EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
@@ -40,8 +40,17 @@ __all__ = ["CoalescingEPollReactor", "coalesce"]
 log = Logger()
 
 
+# Reading is watched with EPOLLRDHUP: the event then says whether the peer's FIN has
+# arrived, so a reader that got less than it asked for knows whether to read on (to
+# the end of the stream) or to wait for the next event (gatekeep.splice uses it).
+_READ = EPOLLIN | EPOLLRDHUP
+
+
 class CoalescingEPollReactor(EPollReactor):
     """An epoll reactor that tells the kernel each descriptor's interest once per turn."""
+
+    #: The epoll event being dispatched (0 between events).
+    last_event = 0
 
     # What the kernel watches for each registered descriptor; the descriptors whose
     # wanted interest may differ from it since the last wait; and the objects that
@@ -91,7 +100,7 @@ class CoalescingEPollReactor(EPollReactor):
         reads, writes, kernel = self._reads, self._writes, self._kernel
         selectables, poller = self._selectables, self._poller
         for fd in changed:
-            wanted = (EPOLLIN if fd in reads else 0) | (EPOLLOUT if fd in writes else 0)
+            wanted = (_READ if fd in reads else 0) | (EPOLLOUT if fd in writes else 0)
             has = kernel.get(fd, 0)
             left = gone.get(fd)
             if not wanted:
@@ -160,7 +169,9 @@ class CoalescingEPollReactor(EPollReactor):
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:
+                self.last_event = event
                 dispatch(selectable, fd, event)
+        self.last_event = 0
 
     doIteration = doPoll
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 import sys
 from collections.abc import Callable
@@ -56,6 +57,8 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _CHUNK = 1 << 20
 #: Reads per readiness event before going back to the reactor (fairness).
 _ROUNDS = 8
+#: A pipe's default capacity: a splice that moved less emptied its socket.
+_PIPE_SIZE = 1 << 16
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 # Transports whose ``socket`` is the connection itself, with nothing in between.
 _PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
@@ -395,6 +398,20 @@ class Splicer:
             self._pump_out(flow)
             if self.finished:
                 return
+            if moved < _PIPE_SIZE and not flow.queued and not self._more(flow):
+                # Less than a pipe's worth: the socket is drained, and no FIN is
+                # waiting behind it; another splice would only say EAGAIN.
+                self._idle(flow)
+                return
+
+    def _more(self, flow: _Flow) -> bool:
+        """
+        Whether the source may still hold something this event: with gatekeep's
+        event loop, only if the peer's FIN has arrived (EPOLLRDHUP); else, as far as
+        anyone can tell without asking the socket, yes.
+        """
+        event = getattr(self.reactor, "last_event", None)
+        return event is None or not event or bool(event & select.EPOLLRDHUP)
 
     def _idle(self, flow: _Flow) -> None:
         """An empty direction gives its pipe back to the pool."""

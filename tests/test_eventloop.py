@@ -345,3 +345,28 @@ def test_a_tcp_echo_with_half_close_is_byte_exact_with_fewer_calls() -> None:
     plain._poller = plain_calls
     assert echo_round(plain, payload) == payload
     assert len(calls.calls) < len(plain_calls.calls)
+
+
+def test_a_reader_learns_from_the_event_whether_the_peer_has_sent_its_fin() -> None:
+    import select
+
+    reactor, _ = coalescing()
+    a, b = pair()
+    seen: list[int] = []
+
+    class Noting(Reader):
+        def doRead(self) -> Any:
+            seen.append(reactor.last_event)
+            return super().doRead()
+
+    reader = Noting(a)
+    reactor.addReader(reader)
+    b.send(b"data")
+    reactor.iterate(1)
+    b.shutdown(socket.SHUT_WR)
+    reactor.iterate(1)
+    assert [bool(event & select.EPOLLRDHUP) for event in seen] == [False, True]
+    assert reactor.last_event == 0  # only while an event is dispatched
+    reactor.removeReader(reader)
+    a.close()
+    b.close()

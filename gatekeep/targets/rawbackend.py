@@ -186,16 +186,7 @@ class RawConnect:
     def doWrite(self) -> None:
         if self.done:
             return
-        self.done = True
-        self.reactor.removeWriter(self)
-        sock = self.sock
-        assert sock is not None  # watched only once connecting
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            sock.close()
-            self.failed(_connect_error(code))
-            return
-        self.joined(self._backend(sock))
+        self._settle(None)
 
     def _backend(self, sock: socket.socket) -> Any:
         if self.wrap is not None:
@@ -207,13 +198,25 @@ class RawConnect:
         # (a refused or unreachable connect: SO_ERROR says which), or it is shutting down.
         if self.done:
             return
+        self._settle(reason)
+
+    def _settle(self, lost: Failure | None) -> None:
+        """
+        The connect's outcome, once the reactor reported the socket: SO_ERROR says
+        whether it failed; else it is connected, unless the reactor gave up on it
+        (``lost``: a hang-up without an error, or the reactor shutting down).
+        """
         self.done = True
         self.reactor.removeWriter(self)
         sock = self.sock
         assert sock is not None  # watched only once connecting
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        sock.close()
-        self.failed(_connect_error(code) if code else reason)
+        failure = _connect_error(code) if code else lost
+        if failure is not None:
+            sock.close()
+            self.failed(failure)
+            return
+        self.joined(self._backend(sock))
 
     def cancel(self) -> None:
         """Stop connecting: fails with ``ConnectingCancelledError``, as an endpoint's."""

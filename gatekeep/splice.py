@@ -398,13 +398,13 @@ class Splicer:
             self._pump_out(flow)
             if self.finished:
                 return
-            if moved < _PIPE_SIZE and not flow.queued and not self._more(flow):
+            if moved < _PIPE_SIZE and not flow.queued and not self._more():
                 # Less than a pipe's worth: the socket is drained, and no FIN is
                 # waiting behind it; another splice would only say EAGAIN.
                 self._idle(flow)
                 return
 
-    def _more(self, flow: _Flow) -> bool:
+    def _more(self) -> bool:
         """
         Whether the source may still hold something this event: with gatekeep's
         event loop, only if the peer's FIN has arrived (EPOLLRDHUP); else, as far as

@@ -318,11 +318,11 @@ class ClientSide(Protocol):
         timeout = self.inbound.route.connect_timeout
         if self.direct is not None and self.bare and self.inbound.shaping is None \
                 and splice.enabled() and splice.usable(transport):
-            self._connectBare(relay, timeout)
+            self._connectRaw(relay, timeout, adopt=False)
             return
         if self.direct is not None and self.bare and \
                 isinstance(self.inbound.reactor, PosixReactorBase):
-            self._connectAdopted(relay, timeout)
+            self._connectRaw(relay, timeout, adopt=True)
             return
         if timeout is not None:
             # A queue shared by all connections with this timeout, not a DelayedCall each.
@@ -347,42 +347,32 @@ class ClientSide(Protocol):
         connecting.addErrback(self._failed)
         self._connecting = connecting
 
-    def _connectBare(self, relay: Relay, timeout: float | None) -> None:
-        """Connect with a bare socket; the relay will splice (gatekeep.targets.rawbackend)."""
-        assert self.direct is not None
-        host, port, connect_timeout, _ = self.direct
-        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._joined,
-                                self._failed)
-        self._connecting = connecting
-        # The sniffed bytes follow at once (ITarget: dataReceived after makeConnection),
-        # and join a connect that completed at once (a loopback backend's) right there.
-        connecting.start(finish_soon=bool(self.inbound.prefix))
-        if connecting.ready or connecting.done:
-            return
-        # One deadline, the earlier of the route's and the endpoint's (connectTCP's).
-        if timeout is None or (connect_timeout is not None and connect_timeout < timeout):
-            timeout = connect_timeout
-        if timeout is not None:
-            self._timer = deadlines_for(self.inbound.reactor, timeout).callLater(self._timedOut)
-
-    def _connectAdopted(self, relay: Relay, timeout: float | None) -> None:
+    def _connectRaw(self, relay: Relay, timeout: float | None, adopt: bool) -> None:
         """
-        Connect with a bare socket, then relay through a Twisted transport made from
-        it (a relay that will not splice: TLS-terminated or shaped streams). Against
-        ``connectTCP`` this leaves out the connector, its resolution turn, the
+        Connect with a bare socket (gatekeep.targets.rawbackend). For a relay that
+        splices, the socket is handed over as it is; otherwise (``adopt``: TLS-terminated
+        or shaped streams) it is relayed through a Twisted transport made from it.
+        Against ``connectTCP`` this leaves out the connector, its resolution turn, the
         second ``connect`` and, for a loopback backend, a turn of the reactor.
         """
         assert self.direct is not None
         host, port, connect_timeout, _ = self.direct
-        connecting = RawConnect(self.inbound.reactor, relay, host, port, self._adopted,
-                                self._failed, wrap=self._transport)
+        if adopt:
+            connecting = RawConnect(self.inbound.reactor, relay, host, port, self._adopted,
+                                    self._failed, wrap=self._transport)
+        else:
+            connecting = RawConnect(self.inbound.reactor, relay, host, port, self._joined,
+                                    self._failed)
         self._connecting = connecting
-        connecting.start(finish_soon=True)
-        if connecting.ready:
+        # A connect that completed at once (a loopback backend's) joins without waiting
+        # for the reactor: an adopted one right here, a spliced one with the sniffed
+        # bytes, which follow at once (ITarget: dataReceived after makeConnection).
+        connecting.start(finish_soon=adopt or bool(self.inbound.prefix))
+        if adopt:
             connecting.finish()
+        if connecting.ready or connecting.done:
             return
-        if connecting.done:
-            return
+        # One deadline, the earlier of the route's and the endpoint's (connectTCP's).
         if timeout is None or (connect_timeout is not None and connect_timeout < timeout):
             timeout = connect_timeout
         if timeout is not None:

@@ -278,14 +278,14 @@ class TerminateTarget:
         The chain settings for the decrypted streams of ``outer``'s listener: the same
         for all its connections, so made once (per listener, its guard and reactor).
         """
-        from gatekeep.sniff import ListenerRuntime
-
         assert self.inner is not None, "the loader links terminate to its service"
         guard = outer.guard
         key = (outer.listener, id(guard), id(outer.reactor))
         known = self._runtimes.get(key)
         if known is not None and known[0] is guard and known[1].reactor is outer.reactor:
             return known[1]
+        from gatekeep.sniff import ListenerRuntime
+
         runtime = ListenerRuntime.build(
             outer.listener, self.inner, self.detectors, self.detect_timeout, outer.reactor,
             guard=guard.inner() if guard is not None else None)

@@ -90,15 +90,27 @@ class _GuardedSocket:
     def __init__(self, sock: socket.socket, guard: AcceptGuard) -> None:
         self._sock = sock
         self._guard = guard
+        # What socket.accept asks the listening socket for every connection, through
+        # enum conversions (a few microseconds): it never changes.
+        self._kind: tuple[int, int, int] | None = ((int(sock.family), int(sock.type), sock.proto)
+                      if isinstance(sock, socket.socket) else None)
 
     def accept(self) -> tuple[socket.socket, Any]:
         try:
-            accepted = self._sock.accept()
+            if self._kind is None:
+                return self._accepted(self._sock.accept())
+            fd, address = self._sock._accept()  # type: ignore[attr-defined]
         except OSError as error:
             if error.errno in EXHAUSTED:
                 self._guard.exhausted(error.errno)
                 raise BlockingIOError(errno.EAGAIN, "accepts paused") from None
             raise
+        # As socket.accept does for a listening socket that does not block (Twisted's):
+        # the new socket's blocking mode is left to the transport.
+        family, kind, proto = self._kind
+        return self._accepted((socket.socket(family, kind, proto, fileno=fd), address))
+
+    def _accepted(self, accepted: tuple[socket.socket, Any]) -> tuple[socket.socket, Any]:
         self._guard.accepted()
         return accepted
 

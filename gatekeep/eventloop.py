@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from select import EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from typing import Any
 
@@ -35,7 +36,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-__all__ = ["CoalescingEPollReactor", "coalesce"]
+__all__ = ["CoalescingEPollReactor", "before_wait", "coalesce"]
 
 log = Logger()
 
@@ -58,6 +59,8 @@ class CoalescingEPollReactor(EPollReactor):
     _kernel: dict[int, int]
     _changed: set[int]
     _gone: dict[int, Any]
+    # Called at the start of every turn's wait (see before_wait).
+    _before_wait: tuple[Callable[[], None], ...] = ()
 
     def _add(self, xer: Any, primary: set[int], other: set[int],
              selectables: dict[int, Any], event: int, antievent: int) -> None:
@@ -66,6 +69,10 @@ class CoalescingEPollReactor(EPollReactor):
             primary.add(fd)
             selectables[fd] = xer
             self._changed.add(fd)
+            if fd in self._gone and _same_socket(self._gone[fd], xer):
+                # The socket was handed to another object this turn (a splice taking
+                # a connection from its transport): epoll watches it already.
+                del self._gone[fd]
 
     def _remove(self, xer: Any, primary: set[int], other: set[int],
                 selectables: dict[int, Any], event: int, antievent: int) -> None:
@@ -92,6 +99,30 @@ class CoalescingEPollReactor(EPollReactor):
                 return
             self._gone.setdefault(fd, xer)
         self._changed.add(fd)
+
+    # Twisted's four wrappers, without their try/except and continuous-polling check
+    # per call (a regular file, which epoll refuses, is moved to continuous polling
+    # when the change reaches the kernel: see _refused). A splice relay changes what
+    # is watched half a dozen times per connection.
+    def addReader(self, reader: Any) -> None:
+        self._add(reader, self._reads, self._writes, self._selectables, EPOLLIN, EPOLLOUT)
+
+    def addWriter(self, writer: Any) -> None:
+        self._add(writer, self._writes, self._reads, self._selectables, EPOLLOUT, EPOLLIN)
+
+    def removeReader(self, reader: Any) -> None:
+        if reader in self._continuousPolling._readers:
+            self._continuousPolling.removeReader(reader)
+            return
+        self._remove(reader, self._reads, self._writes, self._selectables, EPOLLIN,
+                     EPOLLOUT)
+
+    def removeWriter(self, writer: Any) -> None:
+        if writer in self._continuousPolling._writers:
+            self._continuousPolling.removeWriter(writer)
+            return
+        self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT,
+                     EPOLLIN)
 
     def _flush(self) -> None:
         """Tell the kernel what changed since the last wait."""
@@ -154,6 +185,8 @@ class CoalescingEPollReactor(EPollReactor):
         self._disconnectSelectable(selectable, error, reading)
 
     def doPoll(self, timeout: float | None) -> None:
+        for hook in self._before_wait:
+            hook()
         if self._changed:
             self._flush()
         if timeout is None:
@@ -174,6 +207,16 @@ class CoalescingEPollReactor(EPollReactor):
         self.last_event = 0
 
     doIteration = doPoll
+
+
+def _socket_of(selectable: Any) -> Any:
+    """The socket object behind a descriptor: a transport's, or a splice end's."""
+    return getattr(selectable, "socket", None) or getattr(selectable, "sock", None)
+
+
+def _same_socket(left: Any, taker: Any) -> bool:
+    sock = _socket_of(left)
+    return sock is not None and sock is _socket_of(taker)
 
 
 def _closed(selectable: Any) -> bool:
@@ -203,4 +246,17 @@ def coalesce(reactor: Any) -> bool:
     epoll._changed = set()
     epoll._gone = {}
     epoll.__class__ = CoalescingEPollReactor
+    return True
+
+
+def before_wait(reactor: Any, hook: Callable[[], None]) -> bool:
+    """
+    Call ``hook`` every time ``reactor`` is about to wait for events, if it is
+    gatekeep's event loop (True); anything else is left alone (False). What a turn
+    of the reactor left to do in bulk (gatekeep.logbatch: its log lines) is done
+    there, before the process may sleep.
+    """
+    if type(reactor) is not CoalescingEPollReactor:
+        return False
+    reactor._before_wait = (*reactor._before_wait, hook)
     return True

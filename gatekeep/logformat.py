@@ -212,10 +212,41 @@ def json_observer(output: IO[str]) -> ILogObserver:
     return FileLogObserver(output, event_as_json)
 
 
-def observer_for(log_format: str, logfile: str | None, nodaemon: bool) -> ILogObserver:
+class _Batched:
+    """
+    A log destination whose lines wait for the end of the reactor's turn
+    (:class:`gatekeep.logbatch.LineBatch`); ``FileLogObserver`` flushes after every
+    line, which here leaves them waiting.
+    """
+
+    def __init__(self, output: IO[str], reactor: Any) -> None:
+        from gatekeep.logbatch import LineBatch
+
+        self._output = output
+        self.batch = LineBatch(self._write_now)
+        self.batch.start(reactor)
+
+    def _write_now(self, text: str) -> None:
+        self._output.write(text)
+        self._output.flush()
+
+    def write(self, text: str) -> None:
+        self.batch.add(text)
+
+    def flush(self) -> None:
+        if not self.batch.active:
+            self._output.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._output, name)
+
+
+def observer_for(log_format: str, logfile: str | None, nodaemon: bool,
+                 reactor: Any = None) -> ILogObserver:
     """
     The observer twistd should start with: the same destination twistd would use
-    (stdout with ``-n`` and no ``--logfile``, or ``--logfile``), in our format.
+    (stdout with ``-n`` and no ``--logfile``, or ``--logfile``), in our format. With
+    gatekeep's event loop as ``reactor``, a turn's lines are written together.
     """
     output: IO[str]
     if logfile == "-" or (nodaemon and not logfile):
@@ -224,6 +255,8 @@ def observer_for(log_format: str, logfile: str | None, nodaemon: bool) -> ILogOb
         rotating = LogFile.fromFullPath(logfile or "twistd.log")
         _rotate_on_sigusr1(rotating)
         output = rotating
+    if reactor is not None:
+        output = _Batched(output, reactor)  # type: ignore[assignment]
     if log_format == "json":
         return json_observer(output)
     return text_observer(output)

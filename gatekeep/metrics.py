@@ -94,6 +94,13 @@ _OUTCOMES = {
 }
 
 
+# Outcomes of close reasons seen so far: most connections end for one of a handful of
+# reasons ("done", "client closed"...); the reasons that carry details (an error
+# message, a duration) are many, so the memo stops growing at a bound.
+_OUTCOME_MEMO: dict[str, str] = {}
+_OUTCOME_MEMO_SIZE = 256
+
+
 def outcome_of(record: ConnectionRecord) -> str:
     """
     One word for how a connection ended: ``ok``, ``no_route``, ``abandoned``,
@@ -101,6 +108,16 @@ def outcome_of(record: ConnectionRecord) -> str:
     (``idle_timeout`` or ``max_lifetime``), ``error``.
     """
     reason = record.close_reason or ""
+    known = _OUTCOME_MEMO.get(reason)
+    if known is not None:
+        return known
+    outcome = _outcome(reason)
+    if len(_OUTCOME_MEMO) < _OUTCOME_MEMO_SIZE:
+        _OUTCOME_MEMO[reason] = outcome
+    return outcome
+
+
+def _outcome(reason: str) -> str:
     if reason.startswith("backend unreachable"):
         return "backend_error"
     if reason.startswith(("refused", "PROXY header", "no PROXY header",
@@ -138,16 +155,23 @@ def connection_opened(record: ConnectionRecord) -> None:
 
 def connection_ended(record: ConnectionRecord) -> str:
     """Count one finished connection (called with its log line); returns its outcome."""
+    listener = record.listener
     route = record.route or "-"
     outcome = outcome_of(record)
-    CONNECTIONS.inc((record.listener, route, record.protocol or "unknown", outcome))
-    was_open = id(record) in _open
-    _count_bytes(record, route)
-    _open.pop(id(record), None)
-    if was_open:
-        OPEN.inc((record.listener,), -1)
+    CONNECTIONS.inc((listener, route, record.protocol or "unknown", outcome))
+    # (what _count_bytes does, for the last time; every connection ends here)
+    entry = _open.pop(id(record), None)
+    if entry is None:
+        counted_in = counted_out = 0
+    else:
+        counted_in, counted_out = entry[1], entry[2]
+        OPEN.inc((listener,), -1)
+    if record.bytes_in > counted_in:
+        BYTES.inc((listener, route, "in"), record.bytes_in - counted_in)
+    if record.bytes_out > counted_out:
+        BYTES.inc((listener, route, "out"), record.bytes_out - counted_out)
     if outcome == "no_route":
-        REFUSALS.inc((record.listener, "no_route"))
+        REFUSALS.inc((listener, "no_route"))
     return outcome
 
 

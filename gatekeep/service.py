@@ -41,7 +41,7 @@ from gatekeep.config.model import Config, ListenerConfig
 from gatekeep.guard import Guard, GuardState, limits_of
 from gatekeep.preamble import ProxyPolicy
 from gatekeep.registry import Registry
-from gatekeep.sniff import ListenerRuntime, SniffingFactory
+from gatekeep.sniff import ListenerRuntime, SniffingFactory, fixed_local_address
 from gatekeep.status import ListenerStatus, RecentErrors, RouteStatus, ServiceStatus, Snapshot
 from gatekeep.timeouts import Timeouts, wheel_for
 from gatekeep.tracker import ConnectionTracker
@@ -111,6 +111,8 @@ class PortService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self._guard = guard_port(port, self.reactor, self.label)
+        if isinstance(self.factory, SniffingFactory):
+            self.factory.local = fixed_local_address(port)
         self.announce(format_address(port.getHost()))
 
     def announce(self, address: str) -> None:

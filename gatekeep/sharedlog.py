@@ -6,7 +6,8 @@ The parent opens the destination twistd would use: stdout with ``-n`` and no
 ``--logfile``, else the ``--logfile`` (default ``twistd.log``). Each worker inherits
 it as its own stdout and writes its own lines there, formatted as the parent would
 (text or JSON lines, with ``worker-N`` in the text line's system and ``"worker": N``
-in JSON), with one ``write()`` per line. Nothing is relayed through the parent.
+in JSON), whole lines in one ``write()`` per turn of its event loop
+(:mod:`gatekeep.logbatch`). Nothing is relayed through the parent.
 
 Lines never split or overwrite each other: a log file is opened with ``O_APPEND`` by
 every process, so each ``write()`` lands whole at the end; a pipe takes writes of up
@@ -32,6 +33,7 @@ from twisted.logger import ILogObserver, LogEvent, eventAsText
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from gatekeep.logbatch import LineBatch
 from gatekeep.logformat import (
     PREFORMATTED,
     CachedTime,
@@ -173,7 +175,8 @@ def _write_all(fd: int, data: bytes) -> None:
 class WorkerLog:
     """
     A worker's log observer: each event as one line, written to the shared
-    destination (the worker's stdout, inherited from the parent) with one ``write()``.
+    destination (the worker's stdout, inherited from the parent) in whole lines, one
+    ``write()`` per turn of the reactor (:mod:`gatekeep.logbatch`).
     """
 
     def __init__(self, index: int, log_format: str, path: str | None, fd: int = 1) -> None:
@@ -183,6 +186,8 @@ class WorkerLog:
         self._when = CachedTime()
         self._format: Callable[[LogEvent], str | None] = (
             self._json if log_format == "json" else self._text)
+        #: Lines wait for the end of the reactor's turn once the worker starts it.
+        self.batch = LineBatch(self._write_now)
 
     def _text(self, event: LogEvent) -> str | None:
         return worker_text(event, self.index, self._when)
@@ -193,12 +198,16 @@ class WorkerLog:
     def __call__(self, event: LogEvent) -> None:
         line = self._format(event)
         if line:
-            _write_all(self.fd, line.encode("utf-8"))
+            self.batch.add(line)
+
+    def _write_now(self, text: str) -> None:
+        _write_all(self.fd, text.encode("utf-8"))
 
     def reopen(self) -> None:
         """Follow a rotation: write to the file now at the log's path."""
         if self.path is None:
             return
+        self.batch.drain()  # what was logged before the rotation goes to the old file
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                          0o644)

@@ -11,11 +11,13 @@ counting bytes for the connection's log line.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -152,7 +154,8 @@ class SniffingProtocol(Protocol):
     def connectionMade(self) -> None:
         runtime = self.runtime
         transport: Any = self.transport
-        self.client, self.server = transport.getPeer(), transport.getHost()
+        # (``server`` is known already if the listener's address is fixed)
+        self.client, self.server = transport.getPeer(), self.server or transport.getHost()
         if isinstance(transport, tcp.Connection):
             # Read no more than the cap at a time while sniffing: Twisted's 64 KiB reads
             # would make a client that sends at once cost 64 KiB before any route.
@@ -432,15 +435,35 @@ class SniffingProtocol(Protocol):
 
 
 def _reason_text(reason: Failure) -> str:
-    if reason.check(ConnectionDone):
+    if isinstance(reason.value, ConnectionDone):  # (Failure.check builds names)
         return "closed"
     return reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
+
+
+def fixed_local_address(port: Any) -> IPv4Address | IPv6Address | None:
+    """
+    The local address of every connection ``port`` accepts, if it is always the same:
+    a TCP port bound to one address (not a wildcard) accepts only connections to
+    that address and port (a listener takes no redirected connections: it does not
+    set IP_TRANSPARENT), so a ``getsockname`` per connection would say nothing new.
+    """
+    host = port.getHost()
+    if type(host) not in (IPv4Address, IPv6Address):
+        return None
+    try:
+        if ipaddress.ip_address(host.host.partition("%")[0]).is_unspecified:
+            return None
+    except ValueError:
+        return None
+    return host  # type: ignore[no-any-return]
 
 
 class SniffingFactory(Factory):
     """Builds a sniffer per connection from the listener's current runtime."""
 
     noisy = False
+    #: The listening port's :func:`fixed_local_address`, once it listens.
+    local: IPv4Address | IPv6Address | None = None
 
     def __init__(self, runtime: ListenerRuntime) -> None:
         self.runtime = runtime
@@ -449,9 +472,12 @@ class SniffingFactory(Factory):
         runtime = self.runtime
         guard = runtime.guard
         if guard is None:
-            return SniffingProtocol(runtime)
+            protocol = SniffingProtocol(runtime)
+            protocol.server = self.local
+            return protocol
         if not guard.accept(addr):
             return None  # Twisted closes the socket at once: refused, not queued
         protocol = SniffingProtocol(runtime)
+        protocol.server = self.local
         protocol.counted = True
         return protocol

@@ -130,34 +130,15 @@ def _close_pipe(pipe: tuple[int, int]) -> None:
             os.close(fd)
 
 
-class _Flow:
-    """One direction: ``src`` -> pipe -> ``dst``."""
-
-    __slots__ = ("count_in", "dst", "eof", "pending", "pipe", "queued", "shut", "src")
-
-    def __init__(self, src: _End, dst: _End, count_in: bool) -> None:
-        self.src = src
-        self.dst = dst
-        #: Whether this direction's bytes are the record's bytes_in (from the client).
-        self.count_in = count_in
-        self.pipe: tuple[int, int] | None = None
-        #: Bytes in the pipe.
-        self.queued = 0
-        #: User-space bytes to write first (the PROXY header and the sniffed prefix).
-        self.pending: memoryview | None = None
-        self.eof = False
-        self.shut = False
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.queued or self.pending)
-
-
 @implementer(IReadWriteDescriptor)
 class _End:
-    """One socket as the reactor sees it while spliced (the transport stands aside)."""
+    """
+    One socket as the reactor sees it while spliced (the transport stands aside), and
+    the direction that reads from it: this socket -> a pipe -> :attr:`peer`'s socket.
+    """
 
-    __slots__ = ("fd", "reading", "side", "sock", "splicer", "transport", "writing")
+    __slots__ = ("bare", "count_in", "eof", "fd", "peer", "pending", "pipe", "queued",
+                 "reading", "shut", "side", "sock", "splicer", "transport", "writing")
 
     def __init__(self, splicer: Splicer, transport: Any, side: str) -> None:
         self.splicer = splicer
@@ -165,8 +146,21 @@ class _End:
         self.side = side
         self.sock: socket.socket = transport.socket
         self.fd: int = self.sock.fileno()
+        #: Connected by gatekeep itself (``RawBackend``): there is no transport to set aside.
+        self.bare = _bare(transport)
         self.reading = False
         self.writing = False
+        self.peer: _End = self
+        #: Whether this direction's bytes are the record's bytes_in (from the client).
+        self.count_in = side == "client"
+        self.pipe: tuple[int, int] | None = None
+        #: Bytes in the pipe.
+        self.queued = 0
+        #: User-space bytes to write to the peer first (a PROXY header, the sniffed prefix).
+        self.pending: memoryview | None = None
+        #: This socket's EOF was read; and passed on to the peer (shutdown or close).
+        self.eof = False
+        self.shut = False
 
     def fileno(self) -> int:
         return self.fd
@@ -188,39 +182,52 @@ class _End:
 
 
 _PREFIXES = {"client": "splice,client", "backend": "splice,backend"}
-_CLOSERS = ("loseConnection", "abortConnection")
 
 
-class _Closer:
-    """Stands in for a spliced transport's close method: give the socket back, then close."""
+def _stand_aside(cls: type) -> type:
+    """
+    A subclass of the transport class ``cls`` for the time its socket is spliced:
+    whoever closes it (a timeout, the drain at stop, the relay itself) goes through
+    the splicer first, so that the reactor stops watching the splice's end before the
+    transport watches its descriptor again. The splicer swaps a transport's class to
+    this one and back, which costs no object per connection.
+    """
 
-    __slots__ = ("name", "splicer", "transport")
+    def loseConnection(self: Any, *args: Any) -> Any:
+        _reclaim(self)
+        return self.loseConnection(*args)
 
-    def __init__(self, splicer: Splicer, transport: Any, name: str) -> None:
-        self.splicer = splicer
-        self.transport = transport
-        self.name = name
+    def abortConnection(self: Any) -> Any:
+        _reclaim(self)
+        return self.abortConnection()
 
-    def __call__(self, *args: Any) -> Any:
-        self.splicer.abandon()
-        self.transport.__dict__.pop(self.name, None)
-        return getattr(self.transport, self.name)(*args)
+    return type(f"Spliced{cls.__name__}", (cls,), {
+        "loseConnection": loseConnection, "abortConnection": abortConnection,
+        "__module__": __name__})
+
+
+_SPLICED = {cls: _stand_aside(cls) for cls in _PLAIN}
+_UNSPLICED = {spliced: cls for cls, spliced in _SPLICED.items()}
+
+
+def _reclaim(transport: Any) -> None:
+    """A spliced transport is being closed: the splicer lets go of it first."""
+    splicer = transport.__dict__.get("_gatekeep_splicer")
+    if splicer is not None:
+        splicer.abandon()
+    _restore(transport)
+
+
+def _restore(transport: Any) -> None:
+    """The transport's own class again (see :func:`_stand_aside`)."""
+    transport.__class__ = _UNSPLICED.get(type(transport), type(transport))
+    transport.__dict__.pop("_gatekeep_splicer", None)
 
 
 class Splicer:
     """Relays one joined connection with splice(2); see the module docstring."""
 
-    __slots__ = (
-        "activity",
-        "b2c",
-        "backend",
-        "c2b",
-        "client",
-        "finished",
-        "reactor",
-        "relay",
-        "starting",
-    )
+    __slots__ = ("activity", "backend", "client", "finished", "reactor", "relay", "starting")
 
     def __init__(self, relay: Relay, reactor: Any, pending: list[bytes],
                  activity: Callable[[], None] | None = None) -> None:
@@ -229,31 +236,29 @@ class Splicer:
         self.activity = activity
         self.finished = False
         self.starting: Any = None
-        self.client = _End(self, relay.client, "client")
-        self.backend = _End(self, relay.backend, "backend")
-        self.c2b = _Flow(self.client, self.backend, count_in=True)
-        self.b2c = _Flow(self.backend, self.client, count_in=False)
-        data = b"".join(pending)
-        if data:
-            self.c2b.pending = memoryview(data)
-        self.c2b.eof = relay.client_eof
+        self.client = client = _End(self, relay.client, "client")
+        self.backend = backend = _End(self, relay.backend, "backend")
+        client.peer = backend
+        backend.peer = client
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            if data:
+                client.pending = memoryview(data)
+        client.eof = relay.client_eof
 
     # --------------------------------------------------------------- control
 
     def start(self) -> None:
         """Take both sockets from their transports and start relaying."""
         for end in (self.client, self.backend):
-            transport = end.transport
-            if _bare(transport):
+            if end.bare:
                 continue
+            transport = end.transport
             transport.stopReading()
             transport.stopWriting()
-            # Whoever closes a spliced transport (a timeout, the drain at stop, the
-            # relay itself) goes through the splicer first, so that the reactor stops
-            # watching this end before the transport watches its descriptor again.
-            for name in _CLOSERS:
-                setattr(transport, name, _Closer(self, transport, name))
-        if _bare(self.backend.transport):
+            transport._gatekeep_splicer = self
+            transport.__class__ = _SPLICED[type(transport)]
+        if self.backend.bare:
             # Connected by gatekeep itself (RawConnect): nothing else acts on it now.
             self._begin()
             return
@@ -264,37 +269,36 @@ class Splicer:
 
     def _begin(self) -> None:
         self.starting = None
-        self._pump_out(self.c2b)
+        self._pump_out(self.client)
         if not self.finished:
             self._update()
 
     def buffered(self) -> int:
         """Bytes gatekeep holds for either direction right now (pipes and pending)."""
-        return sum(f.queued + (len(f.pending) if f.pending is not None else 0)
-                   for f in (self.c2b, self.b2c))
-
-    def _want(self, end: _End, read: bool, write: bool) -> None:
-        reactor = self.reactor
-        if read != end.reading:
-            end.reading = read
-            if read:
-                reactor.addReader(end)
-            else:
-                reactor.removeReader(end)
-        if write != end.writing:
-            end.writing = write
-            if write:
-                reactor.addWriter(end)
-            else:
-                reactor.removeWriter(end)
+        return sum(e.queued + (len(e.pending) if e.pending is not None else 0)
+                   for e in (self.client, self.backend))
 
     def _update(self) -> None:
-        c2b, b2c = self.c2b, self.b2c
-        # (``busy`` spelt out: this runs after every event)
-        c2b_busy = bool(c2b.queued or c2b.pending)
-        b2c_busy = bool(b2c.queued or b2c.pending)
-        self._want(self.client, not c2b.eof and not c2b_busy, b2c_busy)
-        self._want(self.backend, not b2c.eof and not b2c_busy, c2b_busy)
+        """Watch each socket for what its two directions need now."""
+        reactor = self.reactor
+        for end in (self.client, self.backend):
+            peer = end.peer
+            # Read while this direction is open and holds nothing; write while the
+            # other direction holds bytes for this socket.
+            read = not end.eof and not end.queued and end.pending is None
+            write = bool(peer.queued) or peer.pending is not None
+            if read != end.reading:
+                end.reading = read
+                if read:
+                    reactor.addReader(end)
+                else:
+                    reactor.removeReader(end)
+            if write != end.writing:
+                end.writing = write
+                if write:
+                    reactor.addWriter(end)
+                else:
+                    reactor.removeWriter(end)
 
     def _release(self) -> None:
         """Stop watching both sockets and give the pipes back; the transports take over."""
@@ -302,33 +306,35 @@ class Splicer:
         if self.starting is not None:
             self.starting.cancel()
             self.starting = None
+        reactor = self.reactor
         for end in (self.client, self.backend):
-            self._forget(end)
-            if not _bare(end.transport):
-                for name in _CLOSERS:
-                    end.transport.__dict__.pop(name, None)
-        for flow in (self.c2b, self.b2c):
-            if flow.pipe is not None:
-                if flow.queued:
-                    _close_pipe(flow.pipe)
+            transport = end.transport
+            if getattr(transport, "disconnected", False):
+                # Its connectionLost stopped watching the descriptor (by number), which
+                # removed this end too; the socket may be closed, so leave the reactor be.
+                end.reading = end.writing = False
+            else:
+                if end.reading:
+                    end.reading = False
+                    reactor.removeReader(end)
+                if end.writing:
+                    end.writing = False
+                    reactor.removeWriter(end)
+            if not end.bare:
+                _restore(transport)
+            if end.pipe is not None:
+                if end.queued:
+                    _close_pipe(end.pipe)
                 else:
-                    _pool.give(flow.pipe)
-                flow.pipe = None
-                flow.queued = 0
-
-    def _forget(self, end: _End) -> None:
-        if getattr(end.transport, "disconnected", False):
-            # Its connectionLost stopped watching the descriptor (by number), which
-            # removed this end too; the socket may be closed, so leave the reactor be.
-            end.reading = end.writing = False
-        else:
-            self._want(end, False, False)
+                    _pool.give(end.pipe)
+                end.pipe = None
+                end.queued = 0
 
     def client_ended(self) -> None:
         """The client's EOF came through its transport (read before the splice began)."""
-        if self.finished or self.c2b.eof:
+        if self.finished or self.client.eof:
             return
-        self._source_ended(self.c2b)
+        self._source_ended(self.client)
         if not self.finished:
             self._update()
 
@@ -340,28 +346,25 @@ class Splicer:
     # --------------------------------------------------------------- events
 
     def readable(self, end: _End) -> None:
-        flow = self.c2b if end is self.client else self.b2c
         try:
-            self._pump_in(flow)
+            self._pump_in(end)
         except OSError as error:
-            self._failed(flow.src, error)
+            self._failed(end, error)
             return
         if not self.finished:
             self._update()
 
     def writable(self, end: _End) -> None:
-        flow = self.b2c if end is self.client else self.c2b
-        self._pump_out(flow)
+        self._pump_out(end.peer)
         if not self.finished:
             self._update()
 
     def lost(self, end: _End, reason: Failure) -> None:
         if self.finished:
             return
-        if reason.check(ConnectionDone) is not None:
+        if isinstance(reason.value, ConnectionDone):
             # The reactor saw a hang-up: whatever was readable was read; treat as EOF.
-            flow = self.c2b if end is self.client else self.b2c
-            self._source_ended(flow)
+            self._source_ended(end)
             if not self.finished:
                 self._update()
             return
@@ -369,39 +372,41 @@ class Splicer:
 
     # --------------------------------------------------------------- moving bytes
 
-    def _pump_in(self, flow: _Flow) -> None:
-        src = flow.src.fd
+    def _pump_in(self, src: _End) -> None:
+        """Move what ``src`` has into its pipe and on to its peer."""
+        fd = src.fd
         record = self.relay.record
         for _ in range(_ROUNDS):
-            if flow.eof or flow.queued or flow.pending:
+            if src.eof or src.queued or src.pending is not None:
                 return
-            if flow.pipe is None:
-                flow.pipe = _pool.take()
+            pipe = src.pipe
+            if pipe is None:
+                pipe = src.pipe = _pool.take()
             try:
-                moved = os.splice(src, flow.pipe[1], _CHUNK, flags=_FLAGS)
+                moved = os.splice(fd, pipe[1], _CHUNK, flags=_FLAGS)
             except BlockingIOError:
-                self._idle(flow)
+                self._idle(src)
                 return
             except InterruptedError:
                 continue
             if moved == 0:
-                self._idle(flow)
-                self._source_ended(flow)
+                self._idle(src)
+                self._source_ended(src)
                 return
-            flow.queued = moved
-            if flow.count_in:
+            src.queued = moved
+            if src.count_in:
                 record.bytes_in += moved
             else:
                 record.bytes_out += moved
             if self.activity is not None:
                 self.activity()
-            self._pump_out(flow)
+            self._pump_out(src)
             if self.finished:
                 return
-            if moved < _PIPE_SIZE and not flow.queued and not self._more():
+            if moved < _PIPE_SIZE and not src.queued and not self._more():
                 # Less than a pipe's worth: the socket is drained, and no FIN is
                 # waiting behind it; another splice would only say EAGAIN.
-                self._idle(flow)
+                self._idle(src)
                 return
 
     def _more(self) -> bool:
@@ -413,53 +418,52 @@ class Splicer:
         event = getattr(self.reactor, "last_event", None)
         return event is None or not event or bool(event & select.EPOLLRDHUP)
 
-    def _idle(self, flow: _Flow) -> None:
+    def _idle(self, src: _End) -> None:
         """An empty direction gives its pipe back to the pool."""
-        if flow.pipe is not None and not flow.queued:
-            _pool.give(flow.pipe)
-            flow.pipe = None
+        if src.pipe is not None and not src.queued:
+            _pool.give(src.pipe)
+            src.pipe = None
 
-    def _pump_out(self, flow: _Flow) -> None:
-        """Write what the direction holds; then, at EOF, pass the half-close on."""
-        dst = flow.dst
+    def _pump_out(self, src: _End) -> None:
+        """Write what ``src``'s direction holds; then, at EOF, pass the half-close on."""
+        dst = src.peer
         try:
-            while flow.pending is not None:
-                sent = dst.sock.send(flow.pending)
-                flow.pending = flow.pending[sent:] if sent < len(flow.pending) else None
-            while flow.queued:
-                assert flow.pipe is not None
-                flow.queued -= os.splice(flow.pipe[0], dst.fd, flow.queued, flags=_FLAGS)
+            while src.pending is not None:
+                sent = dst.sock.send(src.pending)
+                src.pending = src.pending[sent:] if sent < len(src.pending) else None
+            while src.queued:
+                assert src.pipe is not None
+                src.queued -= os.splice(src.pipe[0], dst.fd, src.queued, flags=_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
             self._failed(dst, error)
             return
-        if flow.eof:
-            self._shut(flow)
+        if src.eof:
+            self._shut(src)
 
-    def _source_ended(self, flow: _Flow) -> None:
-        flow.eof = True
-        if flow is self.c2b:
+    def _source_ended(self, src: _End) -> None:
+        src.eof = True
+        if src is self.client:
             self.relay.client_eof = True
         else:
             self.relay.backend_eof = True
-        if not flow.busy:
-            self._shut(flow)
+        if not src.queued and src.pending is None:
+            self._shut(src)
 
-    def _shut(self, flow: _Flow) -> None:
-        if flow.shut:
+    def _shut(self, src: _End) -> None:
+        if src.shut:
             return
-        flow.shut = True
-        self._idle(flow)
-        other = self.b2c if flow is self.c2b else self.c2b
-        if not other.shut:
+        src.shut = True
+        self._idle(src)
+        if not src.peer.shut:
             with contextlib.suppress(OSError):  # already gone: its read side tells how
-                flow.dst.sock.shutdown(socket.SHUT_WR)
-        # else: both directions ended, and spliced_done closes both sockets right away
-        # (a close sends the FIN): a shutdown first would be one more system call.
-        if self.c2b.shut and self.b2c.shut:
-            self._release()
-            self.relay.spliced_done()
+                src.peer.sock.shutdown(socket.SHUT_WR)
+            return
+        # Both directions ended: spliced_done closes both sockets right away (a close
+        # sends the FIN): a shutdown first would be one more system call.
+        self._release()
+        self.relay.spliced_done()
 
     def _failed(self, end: _End, error: OSError) -> None:
         code = error.errno

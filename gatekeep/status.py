@@ -75,6 +75,9 @@ class Snapshot:
     admin: str = "-"
 
 
+_SHOWN = frozenset(level for level in LogLevel.iterconstants() if level >= LogLevel.warn)
+
+
 @implementer(ILogObserver)
 class RecentErrors:
     """
@@ -87,9 +90,11 @@ class RecentErrors:
 
     def __call__(self, event: LogEvent) -> None:
         level = event.get("log_level")
-        failed_connection = (event.get("log_namespace") == "gatekeep.connection"
-                             and event.get("outcome") in ("backend_error", "error"))
-        if not failed_connection and (level is None or level < LogLevel.warn):
+        failed_connection = (event.get("outcome") in ("backend_error", "error")
+                             and event.get("log_namespace") == "gatekeep.connection")
+        # (a set lookup: LogLevel's ordering is a Python-level comparison, and every
+        # connection line passes here)
+        if not failed_connection and level not in _SHOWN:
             return
         try:
             text = formatEvent(event)

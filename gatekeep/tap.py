@@ -50,7 +50,7 @@ def load(options: Any, registry: Registry | None = None) -> tuple[Config, Regist
     return load_config(text, registry, source="(demo)"), registry
 
 
-def _log_observer(options: Any) -> Any:
+def _log_observer(options: Any, reactor: Any = None) -> Any:
     parent = getattr(options, "parent", None) or {}
     if parent.get("syslog"):
         return None  # twistd's own syslog observer
@@ -59,7 +59,7 @@ def _log_observer(options: Any) -> Any:
     # The text format is twistd's own, written by gatekeep's observer: the same lines,
     # destination and SIGUSR1 rotation, at less cost per line (logformat.text_observer).
     return observer_for(options["log-format"], parent.get("logfile"),
-                        bool(parent.get("nodaemon")))
+                        bool(parent.get("nodaemon")), reactor)
 
 
 def _shared_log(options: Any) -> Any:
@@ -132,4 +132,4 @@ def makeService(options: Any) -> Any:
                 log_observer=None if shared is not None else _log_observer(options),
                 options={"config": options["config"], "demo-port": options["demo-port"]})
     return GatekeepService(config, registry, reactor, loader=loader,
-                           handle_signals=True, log_observer=_log_observer(options))
+                           handle_signals=True, log_observer=_log_observer(options, reactor))

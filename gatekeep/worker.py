@@ -118,6 +118,7 @@ def main() -> None:
         from gatekeep.sharedlog import WorkerLog
 
         writer = WorkerLog(int(spec["index"]), shared["format"], shared["path"])
+        writer.batch.start(reactor)
         reopen = writer.reopen
         globalLogBeginner.beginLoggingTo([writer], redirectStandardIO=False)
     else:

@@ -132,3 +132,28 @@ def test_guards_real_tcp_ports_only() -> None:
     finally:
         sock.close()
     assert guard_port(object(), Clock(), "x") is None
+
+
+def test_a_real_socket_is_accepted_as_socket_accept_would() -> None:
+    """The guarded accept skips socket.accept's per-call lookups, with the same result."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.setblocking(False)
+    clock, port = Clock(), FakePort()
+    wrapped = _GuardedSocket(listening, AcceptGuard(port, clock, "listener pub"))
+    client = socket.create_connection(listening.getsockname())
+    try:
+        accepted, address = wrapped.accept()
+        with accepted:
+            assert address == client.getsockname()
+            assert accepted.getpeername() == client.getsockname()
+            assert (accepted.family, accepted.type, accepted.proto) == (
+                listening.family, listening.type, listening.proto)
+            assert accepted.gettimeout() is None  # as socket.accept leaves it
+            assert not accepted.get_inheritable()
+            client.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+        with pytest.raises(BlockingIOError):
+            wrapped.accept()  # nothing waiting: EAGAIN, as before
+    finally:
+        client.close()
+        listening.close()

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gatekeep.eventloop import CoalescingEPollReactor, coalesce
+from gatekeep.eventloop import CoalescingEPollReactor, before_wait, coalesce
 
 
 class CountingPoller:
@@ -370,3 +370,35 @@ def test_a_reader_learns_from_the_event_whether_the_peer_has_sent_its_fin() -> N
     reactor.removeReader(reader)
     a.close()
     b.close()
+
+
+def test_a_socket_handed_to_another_object_costs_no_call() -> None:
+    # A splice takes a connection's socket from its transport within one turn: epoll
+    # watches the same socket already, and events go to the new object.
+    reactor, counting = coalescing()
+    a, b = pair()
+    transport, splice_end = Reader(a), Reader(a)
+    reactor.addReader(transport)
+    reactor.iterate(0)
+    reactor.removeReader(transport)
+    reactor.addReader(splice_end)
+    b.send(b"after the handover")
+    reactor.iterate(1)
+    assert counting.calls == [("register", a.fileno())]
+    assert splice_end.read == [b"after the handover"]
+    assert transport.read == []
+    reactor.removeReader(splice_end)
+    a.close()
+    b.close()
+
+
+def test_hooks_run_before_every_wait_on_gatekeeps_loop_only() -> None:
+    reactor, _ = coalescing()
+    seen: list[int] = []
+    assert before_wait(reactor, lambda: seen.append(len(seen)))
+    reactor.iterate(0)
+    reactor.iterate(0)
+    assert seen == [0, 1]
+    plain: Any = EPollReactor()
+    assert not before_wait(plain, lambda: None)
+    assert not before_wait(Clock(), lambda: None)

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RawBackend", "RawConnect"]
 
+# Linux makes a socket non-blocking (and close-on-exec) as it creates it.
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
+_STREAM = socket.SOCK_STREAM | _NONBLOCK
 _UNDER_WAY = (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR)
 
 
@@ -142,7 +145,7 @@ class RawConnect:
         all (:attr:`ready`), and ``finish`` hands it over.
         """
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET, _STREAM)
         except OSError as problem:
             # Out of descriptors, typically: reported as connectTCP reports it, from
             # the reactor and not from this call.
@@ -152,7 +155,8 @@ class RawConnect:
             return
         self.sock = sock
         self.fd = sock.fileno()
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         code = sock.connect_ex((self.host, self.port))
         if code in _UNDER_WAY:
             if finish_soon and _connected(sock):

@@ -77,19 +77,21 @@ class CoalescingEPollReactor(EPollReactor):
     def _remove(self, xer: Any, primary: set[int], other: set[int],
                 selectables: dict[int, Any], event: int, antievent: int) -> None:
         fd = xer.fileno()
-        if fd == -1:
+        if fd not in primary:
+            if fd != -1:
+                return  # not watched for this: nothing to do (the common case)
             for known, fdes in selectables.items():
                 if xer is fdes:
                     fd = known
                     break
             else:
                 return
-        if fd not in primary:
-            return
+            if fd not in primary:
+                return
         primary.remove(fd)
         if fd not in other:
             del selectables[fd]
-            if IListeningPort.providedBy(xer):
+            if _listening(type(xer)):
                 # A listening socket may be open in other processes too (workers,
                 # systemd): closing it here would leave epoll watching it, so it
                 # leaves epoll now, before anyone closes it.
@@ -110,19 +112,25 @@ class CoalescingEPollReactor(EPollReactor):
     def addWriter(self, writer: Any) -> None:
         self._add(writer, self._writes, self._reads, self._selectables, EPOLLOUT, EPOLLIN)
 
+    # (a connection's close stops reading and writing, most often of a descriptor no
+    # longer watched: that case returns before any further call)
     def removeReader(self, reader: Any) -> None:
         if reader in self._continuousPolling._readers:
             self._continuousPolling.removeReader(reader)
             return
-        self._remove(reader, self._reads, self._writes, self._selectables, EPOLLIN,
-                     EPOLLOUT)
+        fd = reader.fileno()
+        if fd in self._reads or fd == -1:
+            self._remove(reader, self._reads, self._writes, self._selectables, EPOLLIN,
+                         EPOLLOUT)
 
     def removeWriter(self, writer: Any) -> None:
         if writer in self._continuousPolling._writers:
             self._continuousPolling.removeWriter(writer)
             return
-        self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT,
-                     EPOLLIN)
+        fd = writer.fileno()
+        if fd in self._writes or fd == -1:
+            self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT,
+                         EPOLLIN)
 
     def _flush(self) -> None:
         """Tell the kernel what changed since the last wait."""
@@ -207,6 +215,17 @@ class CoalescingEPollReactor(EPollReactor):
         self.last_event = 0
 
     doIteration = doPoll
+
+
+_LISTENING: dict[type, bool] = {}
+
+
+def _listening(kind: type) -> bool:
+    """Whether objects of this class are listening ports (asked once per class)."""
+    known = _LISTENING.get(kind)
+    if known is None:
+        known = _LISTENING[kind] = IListeningPort.implementedBy(kind)
+    return known
 
 
 def _socket_of(selectable: Any) -> Any:

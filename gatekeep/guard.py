@@ -262,9 +262,9 @@ class Guard:
     def routed(self, client: IAddress, route: Route, detector: str | None,
                facts: Mapping[str, FactValue]) -> Refusal | None:
         """A route was chosen: the listener's rule with the facts, then the route's."""
+        if self.access is None and route.access is None:
+            return None  # (most connections: nothing to ask)
         rules = [r for r in (self.access, route.access) if r is not None]
-        if not rules:
-            return None
         match = Match({**facts, "protocol": detector} if detector else dict(facts))
         for rule in rules:
             if rule.decide(client, match) is Decision.DENY:

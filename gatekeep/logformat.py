@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -29,6 +29,7 @@ from twisted.logger import (
     formatTime,
 )
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 __all__ = [
     "FORMATS",
@@ -172,46 +173,6 @@ def _system(event: LogEvent) -> str:
         return "UNFORMATTABLE"
 
 
-def text_observer(output: IO[str]) -> ILogObserver:
-    """
-    twisted's ``textFileLogObserver``, byte for byte, with the timestamp cached per
-    second; an event whose message is already text (``log_format`` is
-    :data:`PREFORMATTED`, as the connection line) skips the PEP 3101 formatting.
-    """
-    when = CachedTime()
-
-    def as_text(event: LogEvent) -> str | None:
-        text = event.get("log_text")
-        if (type(text) is not str or not text or event.get("log_format") != PREFORMATTED
-                or "log_failure" in event):
-            return formatEventAsClassicLogText(event, formatTime=when)
-        line = f"{when(event.get('log_time'))} [{_system(event)}] {text}"
-        if "\n" in line:
-            line = line.replace("\n", "\n\t")
-        return line + "\n"
-
-    return FileLogObserver(output, as_text)
-
-
-def _rotate_on_sigusr1(output: LogFile) -> None:
-    """As twistd does for its own log file: SIGUSR1 rotates it (unless handled already)."""
-    import signal
-
-    if signal.getsignal(signal.SIGUSR1):
-        return
-
-    def rotate(signum: int, frame: Any) -> None:
-        from twisted.internet import reactor
-
-        reactor.callFromThread(output.rotate)  # type: ignore[attr-defined]
-
-    signal.signal(signal.SIGUSR1, rotate)
-
-
-def json_observer(output: IO[str]) -> ILogObserver:
-    return FileLogObserver(output, event_as_json)
-
-
 class _Batched:
     """
     A log destination whose lines wait for the end of the reactor's turn
@@ -239,6 +200,76 @@ class _Batched:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._output, name)
+
+
+@implementer(ILogObserver)
+class TextObserver:
+    """
+    twisted's ``textFileLogObserver``, byte for byte, with the timestamp cached per
+    second; an event whose message is already text (``log_format`` is
+    :data:`PREFORMATTED`, as the connection line) skips the PEP 3101 formatting, and
+    its ``[system]`` is made once per namespace and level. Lines go to a
+    :class:`_Batched` destination's batch directly (no flush per line).
+    """
+
+    def __init__(self, output: IO[str]) -> None:
+        self.output = output
+        self._when = CachedTime()
+        self._systems: dict[tuple[Any, Any], str] = {}
+        from gatekeep.logbatch import LineBatch
+
+        batch = getattr(output, "batch", None)  # a _Batched destination's
+        self._write: Callable[[str], None] = (
+            batch.add if isinstance(batch, LineBatch) else self._flushed)
+
+    def _flushed(self, line: str) -> None:
+        self.output.write(line)
+        self.output.flush()
+
+    def __call__(self, event: LogEvent) -> None:
+        text = event.get("log_text")
+        if (type(text) is not str or not text or event.get("log_format") != PREFORMATTED
+                or "log_failure" in event):
+            line = formatEventAsClassicLogText(event, formatTime=self._when)
+            if line:
+                self._write(line)
+            return
+        namespace = event.get("log_namespace")
+        if event.get("log_system") is None and type(namespace) is str:
+            key = (namespace, event.get("log_level"))
+            system = self._systems.get(key)
+            if system is None:
+                system = self._systems[key] = _system(event)
+        else:
+            system = _system(event)
+        line = f"{self._when(event.get('log_time'))} [{system}] {text}"
+        if "\n" in line:
+            line = line.replace("\n", "\n\t")
+        self._write(line + "\n")
+
+
+def text_observer(output: IO[str]) -> ILogObserver:
+    """The text format's observer (see :class:`TextObserver`)."""
+    return TextObserver(output)
+
+
+def _rotate_on_sigusr1(output: LogFile) -> None:
+    """As twistd does for its own log file: SIGUSR1 rotates it (unless handled already)."""
+    import signal
+
+    if signal.getsignal(signal.SIGUSR1):
+        return
+
+    def rotate(signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(output.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)
+
+
+def json_observer(output: IO[str]) -> ILogObserver:
+    return FileLogObserver(output, event_as_json)
 
 
 def observer_for(log_format: str, logfile: str | None, nodaemon: bool,

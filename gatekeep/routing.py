@@ -156,14 +156,30 @@ WAIT = Selection(None, True)
 def select_route(
     service: Service, verdicts: Mapping[str, Verdict], final: bool
 ) -> Selection:
-    """The route a connection takes now, or :data:`WAIT`; route None means reject."""
-    last: RouteCheck | None = None
-    for last in walk_routes(service, verdicts, final):  # noqa: B007 - we want the last
-        pass
-    if last is not None and last.outcome is Outcome.WAITING:
-        return WAIT
-    if last is not None and last.outcome is Outcome.TAKEN:
-        return Selection(last.route, False, last.match)
+    """
+    The route a connection takes now, or :data:`WAIT`; route None means reject.
+
+    The same decision as :func:`walk_routes` (tests hold them equal), without the
+    explanations, which every connection would otherwise build and throw away.
+    """
+    for route in service.routes:
+        detector = route.detector
+        if detector is None:
+            return Selection(route, False)
+        verdict = verdicts.get(detector)
+        if verdict is None or isinstance(verdict, NeedMore):
+            if final:
+                continue
+            return WAIT
+        if not isinstance(verdict, Match):
+            continue
+        facts = verdict.facts
+        for condition in route.conditions:
+            if not condition_fits(condition, facts):
+                break
+        else:
+            return Selection(route, False, verdict)
     if service.default is None:
         return Selection(None, False)
     return Selection(service.route_named(service.default), False, None, True)
+

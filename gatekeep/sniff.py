@@ -12,7 +12,7 @@ counting bytes for the connection's log line.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -36,7 +36,14 @@ from gatekeep.preamble import Done, ProxyPolicy, Refuse, Waiting, endpoints_from
 from gatekeep.proxyproto import ProxyHeader
 from gatekeep.routing import Selection, select_route
 from gatekeep.shapers.shaping import ShaperSpec, Shaping
-from gatekeep.timeouts import Deadline, QueuedDeadline, Timeouts, deadlines_for, wheel_for
+from gatekeep.timeouts import (
+    Deadline,
+    DeadlineQueue,
+    QueuedDeadline,
+    Timeouts,
+    deadlines_for,
+    wheel_for,
+)
 from gatekeep.tracker import ConnectionTracker
 from gatekeep.values import (
     ConnectionRecord,
@@ -77,6 +84,20 @@ class ListenerRuntime:
     shaper: ShaperSpec | None = None
     #: ``idle_timeout`` and ``max_lifetime`` (on the process's timer wheel).
     timeouts: Timeouts | None = None
+    #: The process's queue of ``detect_timeout`` deadlines (looked up once, not per
+    #: connection).
+    detect_deadlines: DeadlineQueue | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "detect_deadlines", None if self.reactor is None else
+                           deadlines_for(self.reactor, self.detect_timeout))
+
+    def detect_deadline(self, callback: Callable[[], None]) -> QueuedDeadline:
+        """``callback`` once ``detect_timeout`` has passed (unless cancelled)."""
+        queue = self.detect_deadlines
+        if queue is None:
+            queue = deadlines_for(self.reactor, self.detect_timeout)
+        return queue.callLater(callback)
 
     @classmethod
     def build(
@@ -154,8 +175,10 @@ class SniffingProtocol(Protocol):
     def connectionMade(self) -> None:
         runtime = self.runtime
         transport: Any = self.transport
-        # (``server`` is known already if the listener's address is fixed)
-        self.client, self.server = transport.getPeer(), self.server or transport.getHost()
+        # (known already: the client from the accept, the server if the listener's
+        # address is fixed)
+        self.client = self.client or transport.getPeer()
+        self.server = self.server or transport.getHost()
         if isinstance(transport, tcp.Connection):
             # Read no more than the cap at a time while sniffing: Twisted's 64 KiB reads
             # would make a client that sends at once cost 64 KiB before any route.
@@ -177,8 +200,7 @@ class SniffingProtocol(Protocol):
                                     "trusted_proxies", "proxy_untrusted", signature=False))
                 return
             self._preamble = True
-            self._deadline = deadlines_for(runtime.reactor, runtime.detect_timeout).callLater(
-                self._timedOut)
+            self._deadline = runtime.detect_deadline(self._timedOut)
             return
         if self._admit():
             self._startDetecting()
@@ -214,8 +236,7 @@ class SniffingProtocol(Protocol):
         if not self.runtime.detectors:
             self._decide(final=True)
         elif self._deadline is None:
-            self._deadline = deadlines_for(self.runtime.reactor,
-                                           self.runtime.detect_timeout).callLater(self._timedOut)
+            self._deadline = self.runtime.detect_deadline(self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.record is not None
@@ -440,6 +461,9 @@ def _reason_text(reason: Failure) -> str:
     return reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
 
 
+_IP_ADDRESSES = (IPv4Address, IPv6Address)
+
+
 def fixed_local_address(port: Any) -> IPv4Address | IPv6Address | None:
     """
     The local address of every connection ``port`` accepts, if it is always the same:
@@ -471,13 +495,11 @@ class SniffingFactory(Factory):
     def buildProtocol(self, addr: Any) -> SniffingProtocol | None:
         runtime = self.runtime
         guard = runtime.guard
-        if guard is None:
-            protocol = SniffingProtocol(runtime)
-            protocol.server = self.local
-            return protocol
-        if not guard.accept(addr):
+        if guard is not None and not guard.accept(addr):
             return None  # Twisted closes the socket at once: refused, not queued
         protocol = SniffingProtocol(runtime)
         protocol.server = self.local
-        protocol.counted = True
+        if type(addr) in _IP_ADDRESSES:
+            protocol.client = addr  # what the transport's getPeer would make again
+        protocol.counted = guard is not None
         return protocol

@@ -71,3 +71,20 @@ def test_a_fact_is_bare_only_when_printable_without_space_quote_equals_or_backsl
             text = "".join(letters)
             bare = bool(text) and text.isprintable() and not set(text) & set(' "=\\')
             assert connlog._show(text) == (text if bare else json.dumps(text)), repr(text)
+
+
+@pytest.mark.parametrize("facts", [{}, {"sni": None}, {"sni": "example.org", "alpn": ()},
+                                   {"host": 'a "quoted" name'}])
+@pytest.mark.parametrize(("protocol", "route", "reason"), [
+    (None, None, None), ("http", "web", "client closed"), ("tls", "web>inner", "done")])
+def test_line_is_what_the_format_says(facts: dict[str, Any], protocol: str | None,
+                                      route: str | None, reason: str | None) -> None:
+    record = ConnectionRecord("public", "[2001:db8::1]:4000", 10.0, protocol=protocol,
+                              facts=facts, route=route, bytes_in=5, bytes_out=7)
+    if reason is not None:
+        record.close(reason)
+    with captured_log("gatekeep.connection") as events:
+        connlog.log_connection(record, 9.0)  # (a clock step back: time 0)
+    [event] = events
+    assert event["log_text"] == connlog._FORMAT.format_map(event)
+    assert event["duration"] == 0.0

@@ -93,13 +93,17 @@ def test_preformatted_skips_pep3101(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_twistd_uses_gatekeep_observer(log_format: str, tmp_path: object) -> None:
-    from twisted.logger import FileLogObserver
+    from twisted.logger import FileLogObserver, ILogObserver
+    from zope.interface.verify import verifyObject
 
+    from gatekeep.logformat import TextObserver
     from gatekeep.tap import Options, _log_observer
 
     options = Options()
     options.parseOptions(["--log-format", log_format])
     options.parent = {"nodaemon": True, "logfile": None, "syslog": False}  # type: ignore[assignment]
-    assert isinstance(_log_observer(options), FileLogObserver)
+    observer = _log_observer(options)
+    assert isinstance(observer, TextObserver if log_format == "text" else FileLogObserver)
+    verifyObject(ILogObserver, observer)
     options.parent = {"nodaemon": True, "logfile": None, "syslog": True}  # type: ignore[assignment]
     assert _log_observer(options) is None  # twistd's syslog observer

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatekeep.routing import (
     Outcome,
+    Selection,
     condition_fits,
     name_matches,
     select_route,
     split_host_port,
     walk_routes,
 )
-from gatekeep.values import Condition, Match, NeedMore, NoMatch, Route, Service
+from gatekeep.values import Condition, Match, NeedMore, NoMatch, Route, Service, Verdict
 from tests.helpers import RecordingTarget
 
 
@@ -105,3 +108,47 @@ def test_walk_explains_each_route() -> None:
     assert "alpn=('h2',)" in checks[0].why
     assert "nope" in checks[1].why
     assert "sni='other.org'" in checks[2].why
+
+
+def _from_walk(service: Service, verdicts: dict[str, Verdict], final: bool) -> Selection:
+    """What select_route must answer, as walk_routes (what explain shows) explains it."""
+    checks = list(walk_routes(service, verdicts, final))
+    last = checks[-1] if checks else None
+    if last is not None and last.outcome is Outcome.WAITING:
+        return Selection(None, True)
+    if last is not None and last.outcome is Outcome.TAKEN:
+        return Selection(last.route, False, last.match)
+    if service.default is None:
+        return Selection(None, False)
+    return Selection(service.route_named(service.default), False, None, True)
+
+
+_DETECTORS = ("tls", "xmpp", "http")
+_conditions = st.lists(st.sampled_from([
+    Condition("sni", ("example.org",)), Condition("sni", ("*.example.net",)),
+    Condition("alpn", ("h2", "xmpp-client")), Condition("host", ("example.org:8448",)),
+]), max_size=2).map(tuple)
+_routes = st.lists(st.tuples(st.sampled_from((*_DETECTORS, None)), _conditions),
+                   min_size=1, max_size=5)
+_verdict = st.one_of(
+    st.just(NeedMore()), st.builds(NoMatch, st.sampled_from(["", "nope"])),
+    st.builds(Match, st.fixed_dictionaries({}, optional={
+        "sni": st.sampled_from(["example.org", "a.example.net", "other.org"]),
+        "alpn": st.sampled_from([(), ("h2",), ("xmpp-client", "h2")]),
+        "host": st.sampled_from(["example.org", "www.example.org"]),
+        "port": st.sampled_from([443, 8448]),
+    })))
+
+
+@given(_routes, st.dictionaries(st.sampled_from(_DETECTORS), _verdict),
+       st.booleans(), st.booleans())
+def test_select_route_decides_as_walk_routes_explains(
+    routes: list[tuple[str | None, tuple[Condition, ...]]], verdicts: dict[str, Verdict],
+    final: bool, with_default: bool,
+) -> None:
+    target = RecordingTarget()
+    service = Service("edge", tuple(
+        Route(f"r{n}", detector, conditions if detector is not None else (), target)
+        for n, (detector, conditions) in enumerate(routes)),
+        "r0" if with_default else None)
+    assert select_route(service, verdicts, final) == _from_walk(service, verdicts, final)

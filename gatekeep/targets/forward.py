@@ -305,7 +305,8 @@ class ClientSide(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        if self.inbound.shaping is not None or (self.fast and splice.usable(transport)):
+        spliceable = self.fast and splice.usable(transport)
+        if self.inbound.shaping is not None or spliceable:
             # A shaper must see every byte, and a spliced socket is read by the
             # splicer alone: nothing is read until the backend has joined.
             transport.pauseProducing()  # type: ignore[attr-defined]
@@ -317,7 +318,7 @@ class ClientSide(Protocol):
         self._started = self.inbound.reactor.seconds()
         timeout = self.inbound.route.connect_timeout
         if self.direct is not None and self.bare and self.inbound.shaping is None \
-                and splice.enabled() and splice.usable(transport):
+                and splice.enabled() and (spliceable or splice.usable(transport)):
             self._connectRaw(relay, timeout, adopt=False)
             return
         if self.direct is not None and self.bare and \

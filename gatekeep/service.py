@@ -33,6 +33,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from gatekeep import __version__, metrics, splice, systemd
+from gatekeep.accepted import use_for
 from gatekeep.acceptguard import AcceptGuard, guard_port
 from gatekeep.addresses import format_address
 from gatekeep.cli import describe_match
@@ -111,6 +112,7 @@ class PortService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self._guard = guard_port(port, self.reactor, self.label)
+        use_for(port)
         if isinstance(self.factory, SniffingFactory):
             self.factory.local = fixed_local_address(port)
         self.announce(format_address(port.getHost()))

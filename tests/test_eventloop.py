@@ -402,3 +402,37 @@ def test_hooks_run_before_every_wait_on_gatekeeps_loop_only() -> None:
     plain: Any = EPollReactor()
     assert not before_wait(plain, lambda: None)
     assert not before_wait(Clock(), lambda: None)
+
+
+class Raising(Reader):
+    """A reader whose doRead raises (a protocol bug)."""
+
+    def doRead(self) -> Any:
+        raise ZeroDivisionError("bug in a protocol")
+
+
+def test_a_descriptor_whose_handler_raises_is_logged_and_disconnected() -> None:
+    from twisted.python import log as legacy
+
+    reactor, _ = coalescing()
+    a, b = pair()
+    raising, other = Raising(a), Reader(b)
+    reactor.addReader(raising)
+    reactor.addReader(other)
+    errors: list[Any] = []
+    legacy.addObserver(errors.append)
+    try:
+        b.send(b"x")
+        a.send(b"y")
+        reactor.iterate(1)
+        reactor.iterate(0)
+    finally:
+        legacy.removeObserver(errors.append)
+    [lost] = raising.lost
+    assert lost.check(ZeroDivisionError)
+    assert [e for e in errors if e.get("isError")]
+    assert raising not in reactor.getReaders()
+    assert other.read == [b"y"]  # the other descriptor's event was still handled
+    reactor.removeReader(other)
+    a.close()
+    b.close()

@@ -1,0 +1,54 @@
+"""gatekeep's listeners accept into AcceptedServer: Twisted's tcp.Server, with lazy strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.trial.unittest import TestCase
+
+from gatekeep.accepted import AcceptedServer, use_for
+
+
+class Accepting(TestCase):
+    @defer.inlineCallbacks
+    def test_a_used_port_makes_accepted_servers_as_twisted_would(self) -> Any:
+        made: defer.Deferred[Any] = defer.Deferred()
+
+        class Note(protocol.Protocol):
+            def connectionMade(self) -> None:
+                made.callback(self.transport)
+
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(data.upper())
+
+        port = yield endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(protocol.Factory.forProtocol(Note))
+        self.addCleanup(port.stopListening)
+        use_for(port)
+        use_for(port)  # (twice: still the same class)
+        self.assertIs(port.transport, AcceptedServer)
+        client = yield endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", port.getHost().port).connect(
+            protocol.Factory.forProtocol(protocol.Protocol))
+        self.addCleanup(client.transport.loseConnection)
+        transport = yield made
+        self.assertIsInstance(transport, AcceptedServer)
+        self.assertIsInstance(transport, tcp.Server)
+        self.assertIn(transport.fileno(), [r.fileno() for r in reactor.getReaders()
+                                           if r is transport])
+        self.assertEqual(transport.getPeer(), client.transport.getHost())
+        self.assertEqual(transport.sessionno, 0)
+        self.assertEqual(transport.logstr, "Note,0,127.0.0.1")
+        self.assertEqual(repr(transport), f"<Note #0 on {port.getHost().port}>")
+        transport.logstr = "changed"  # Twisted may set it, as on a tcp.Server
+        self.assertEqual(transport.logPrefix(), "changed")
+
+    def test_other_ports_are_left_alone(self) -> None:
+        class Other:
+            transport = tcp.Server
+
+        other = Other()
+        use_for(other)
+        self.assertIs(other.transport, tcp.Server)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -145,32 +146,35 @@ def run_detectors(
 class SniffingProtocol(Protocol):
     """Detects, routes, then relays events to the target's protocol."""
 
+    # Until set otherwise per connection (class attributes: a new connection's object
+    # is made without storing each of them).
+    record: ConnectionRecord | None = None
+    attached: Protocol | None = None
+    #: The detect_timeout (one entry in the listener's queue of them).
+    _deadline: QueuedDeadline | None = None
+    _client_eof = False
+    # The PROXY preamble: still expected, from a trusted peer or not.
+    _preamble = False
+    _refused = False
+    _trusted = False
+    header: ProxyHeader | None = None
+    _preamble_facts: Mapping[str, Any] = MappingProxyType({})
+    #: The real client and server: the peer's own, or a PROXY header's.
+    client: Any = None
+    server: Any = None
+    #: Counted by the guard: in ``max_connections``, and under this client key.
+    counted = False
+    _client_key: str | None = None
+    #: Refused by the guard: its refusal log has it, not a connection line.
+    _quiet = False
+    _shaping: Shaping | None = None
+    _deadlines: Deadline | None = None
+    _detect_expired = False
+
     def __init__(self, runtime: ListenerRuntime) -> None:
         self.runtime = runtime
-        self.record: ConnectionRecord | None = None
-        self.attached: Protocol | None = None
         self._buffer = bytearray()
         self._verdicts: dict[str, Verdict] = {}
-        #: The detect_timeout (one entry in the listener's queue of them).
-        self._deadline: QueuedDeadline | None = None
-        self._client_eof = False
-        # The PROXY preamble: still expected, from a trusted peer or not.
-        self._preamble = False
-        self._refused = False
-        self._trusted = False
-        self.header: ProxyHeader | None = None
-        self._preamble_facts: dict[str, Any] = {}
-        #: The real client and server: the peer's own, or a PROXY header's.
-        self.client: Any = None
-        self.server: Any = None
-        #: Counted by the guard: in ``max_connections``, and under this client key.
-        self.counted = False
-        self._client_key: str | None = None
-        #: Refused by the guard: its refusal log has it, not a connection line.
-        self._quiet = False
-        self._shaping: Shaping | None = None
-        self._deadlines: Deadline | None = None
-        self._detect_expired = False
 
     def connectionMade(self) -> None:
         runtime = self.runtime

@@ -385,7 +385,8 @@ class Splicer:
                 return
             pipe = src.pipe
             if pipe is None:
-                pipe = src.pipe = _pool.take()
+                free = _pool.free
+                pipe = src.pipe = free.pop() if free else _pool.take()
             try:
                 moved = os.splice(fd, pipe[1], _CHUNK, flags=_FLAGS)
             except BlockingIOError:
@@ -407,20 +408,14 @@ class Splicer:
             self._pump_out(src)
             if self.finished:
                 return
-            if moved < _PIPE_SIZE and not src.queued and not self._more():
-                # Less than a pipe's worth: the socket is drained, and no FIN is
-                # waiting behind it; another splice would only say EAGAIN.
-                self._idle(src)
-                return
-
-    def _more(self) -> bool:
-        """
-        Whether the source may still hold something this event: with gatekeep's
-        event loop, only if the peer's FIN has arrived (EPOLLRDHUP); else, as far as
-        anyone can tell without asking the socket, yes.
-        """
-        event = getattr(self.reactor, "last_event", None)
-        return event is None or not event or bool(event & select.EPOLLRDHUP)
+            if moved < _PIPE_SIZE and not src.queued:
+                # Less than a pipe's worth: the socket is drained and, if the event
+                # says no FIN is waiting behind it (EPOLLRDHUP: gatekeep's event
+                # loop), another splice would only say EAGAIN.
+                event = getattr(self.reactor, "last_event", 0)
+                if event and not event & select.EPOLLRDHUP:
+                    self._idle(src)
+                    return
 
     def _idle(self, src: _End) -> None:
         """An empty direction gives its pipe back to the pool."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.internet import defer, endpoints, error, protocol, reactor, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from gatekeep.accepted import AcceptedServer, use_for
 
@@ -52,3 +55,67 @@ class Accepting(TestCase):
         other = Other()
         use_for(other)
         self.assertIs(other.transport, tcp.Server)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosing(protocol.Protocol):
+    """Echoes; on the client's EOF writes "bye" and closes; or aborts when told."""
+
+    def __init__(self, ended: defer.Deferred[Any]) -> None:
+        self.ended = ended
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        if data == b"abort":
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.ended.callback([reason])  # (a Failure itself would be an errback)
+
+
+class Ending(TestCase):
+    """Reads, half-close and both ways of closing, over real sockets."""
+
+    @defer.inlineCallbacks
+    def _serve(self) -> Any:
+        ended: defer.Deferred[Any] = defer.Deferred()
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(lambda: HalfClosing(ended)))
+        self.addCleanup(port.stopListening)
+        use_for(port)
+        return port.getHost().port, ended
+
+    @defer.inlineCallbacks
+    def test_half_close_then_close(self) -> Any:
+        number, ended = yield self._serve()
+        client = socket.create_connection(("127.0.0.1", number))
+        self.addCleanup(client.close)
+        client.sendall(b"ping")
+        client.shutdown(socket.SHUT_WR)
+        [reason] = yield ended
+        self.assertTrue(reason.check(error.ConnectionDone))
+        received = b""
+        while chunk := client.recv(100):
+            received += chunk
+        self.assertEqual(received, b"pingbye")
+
+    @defer.inlineCallbacks
+    def test_abort_resets(self) -> Any:
+        number, ended = yield self._serve()
+        client = socket.create_connection(("127.0.0.1", number))
+        self.addCleanup(client.close)
+        client.sendall(b"abort")
+        [reason] = yield ended
+        self.assertTrue(reason.check(error.ConnectionAborted))
+        with self.assertRaises(ConnectionResetError):
+            client.recv(100)

@@ -17,10 +17,14 @@ bytes move, which is what an idle timeout needs.
 
 from __future__ import annotations
 
+import os
+import select
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.error import ConnectionDone
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -30,7 +34,7 @@ from gatekeep import splice
 from gatekeep.shapers.shaping import Shaping
 from gatekeep.values import ConnectionRecord
 
-__all__ = ["BackendSide", "Relay"]
+__all__ = ["BackendSide", "Relay", "stream_error"]
 
 
 def _half_close(transport: Any) -> None:
@@ -135,6 +139,8 @@ class Relay:
         _close_now(self.backend)
 
     def client_read_done(self) -> None:
+        if _reset_behind_eof(self.client):
+            return
         if self.splicer is not None and not self.splicer.finished:
             # Read while sniffing, delivered after a backend that connected at once
             # joined: the splicer passes the half-close on.
@@ -149,6 +155,8 @@ class Relay:
         self._maybe_finish()
 
     def backend_read_done(self) -> None:
+        if _reset_behind_eof(self.backend):
+            return
         self.backend_eof = True
         if self.shaping is not None:
             self.shaping.read_done("out")
@@ -171,7 +179,15 @@ class Relay:
         if self.splicer is not None:
             self.splicer.abandon()
         if self.backend is not None and not self.backend_gone:
-            self.record.close("client closed" if self.client_eof else "client reset")
+            if (self.backend_eof and not self.client_eof
+                    and isinstance(reason.value, ConnectionDone)):
+                # gatekeep closed the client, not the client itself: a backend's
+                # transport that is lost stops its producer (this client, half-closed
+                # after the backend's EOF, which then closes at once) before its
+                # protocol hears of it. It is the backend's end being passed on.
+                self.record.close("backend closed")
+            else:
+                self.record.close("client closed" if self.client_eof else "client reset")
             self.backend.unregisterProducer()
             self.backend.loseConnection()
 
@@ -180,10 +196,65 @@ class Relay:
         if self.splicer is not None:
             self.splicer.abandon()
         if not self.client_gone:
-            clean = self.backend_eof or _ended_cleanly(reason)
-            self.record.close("backend closed" if clean else "backend reset")
+            if self.client_eof and not self.backend_eof and getattr(
+                    self.client, "disconnected", False):
+                # The other way round: the client's transport is being lost, and it
+                # stopped its producer (this backend, half-closed after the client's
+                # EOF, which then closes at once) before the client's protocol heard.
+                self.record.close("client closed")
+            else:
+                clean = self.backend_eof or _ended_cleanly(reason)
+                self.record.close("backend closed" if clean else "backend reset")
             self.client.unregisterProducer()
             self.client.loseConnection()
+
+
+_EPOLLIN = getattr(select, "EPOLLIN", 0)
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def stream_error(sock: Any) -> int:
+    """
+    The error a read of ``sock`` would report now (``errno``), 0 if it would read
+    bytes, the end of the stream, or nothing yet. Nothing is consumed but the error.
+
+    A reset peer's RST can reach the event loop as ``EPOLLERR`` (or ``EPOLLHUP``)
+    without ``EPOLLIN``: Linux's ``tcp_poll`` runs without the socket's lock, and while
+    the kernel handles the RST it has set the socket's error but not yet shut the
+    socket down (it purges the send queue in between). Twisted's poll reactors take
+    that, on a descriptor being read, for a clean end of stream, without reading.
+    Peeking tells the two apart as a read would: a FIN received before the RST still
+    reads as the end of the stream.
+    """
+    try:
+        sock.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as error:
+        return error.errno or 0
+    return 0
+
+
+def _reset_behind_eof(transport: Any) -> bool:
+    """
+    Whether an end of stream the reactor reported for ``transport`` was a reset
+    (see :func:`stream_error`); if so, the transport is lost with that error now
+    (as a failed read loses it) and True is returned. Otherwise the relay would
+    half-close the other side, and the log would name the wrong side, or say
+    "closed". An end of stream that was read (gatekeep's event loop says the event
+    had ``EPOLLIN``, so Twisted's ``recv`` returned nothing) is not asked about
+    again: a peek would say the same, and a system call per connection is saved.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return False  # a wrapped stream (TLS): its own transport reads its socket
+    sock = getattr(transport, "socket", None)  # None once it was lost
+    if sock is None or getattr(transport.reactor, "last_event", 0) & _EPOLLIN:
+        return False
+    code = stream_error(sock)
+    if not code:
+        return False
+    transport.connectionLost(Failure(ConnectionLost(os.strerror(code))))
+    return True
 
 
 def _close_now(transport: Any) -> None:

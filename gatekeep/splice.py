@@ -367,7 +367,15 @@ class Splicer:
         if self.finished:
             return
         if isinstance(reason.value, ConnectionDone):
-            # The reactor saw a hang-up: whatever was readable was read; treat as EOF.
+            # The reactor saw a hang-up without EPOLLIN. A reset can look like that
+            # (gatekeep.relay.stream_error): a read (a peek) tells.
+            from gatekeep.relay import stream_error
+
+            code = stream_error(end.sock)
+            if code:
+                self._end_with(end, Failure(ConnectionLost(os.strerror(code))))
+                return
+            # Otherwise whatever was readable was read: treat it as EOF.
             self._source_ended(end)
             if not self.finished:
                 self._update()

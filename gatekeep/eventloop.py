@@ -116,6 +116,20 @@ class CoalescingEPollReactor(EPollReactor):
     def addWriter(self, writer: Any) -> None:
         self._add(writer, self._writes, self._reads, self._selectables, EPOLLOUT, EPOLLIN)
 
+    def hand_over(self, old: Any, new: Any) -> tuple[bool, bool] | None:
+        """
+        Let ``new`` take ``old``'s place for the same descriptor, as it is watched
+        (gatekeep.splice taking a socket from its transport): no removal and adding,
+        and nothing for the kernel to hear. Returns whether it is watched for reading
+        and for writing, or None if ``old`` is not the descriptor's object.
+        """
+        fd = old.fileno()
+        selectables = self._selectables
+        if fd == -1 or selectables.get(fd) is not old:
+            return None
+        selectables[fd] = new
+        return fd in self._reads, fd in self._writes
+
     # (a connection's close stops reading and writing, most often of a descriptor no
     # longer watched: that case returns before any further call)
     def removeReader(self, reader: Any) -> None:

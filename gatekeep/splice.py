@@ -254,12 +254,21 @@ class Splicer:
     def start(self) -> None:
         """Take both sockets from their transports and start relaying."""
         reactor = self.reactor
+        # (a Twisted backend's socket must not be acted on before the next turn: its
+        # ends are watched from _begin on, as it was)
+        hand_over = getattr(reactor, "hand_over", None) if self.backend.bare else None
         for end in (self.client, self.backend):
             if end.bare:
                 continue
             transport = end.transport
-            reactor.removeReader(transport)  # (what stopReading and stopWriting do)
-            reactor.removeWriter(transport)
+            watched = hand_over(transport, end) if hand_over is not None else None
+            if watched is None:
+                reactor.removeReader(transport)  # (what stopReading and stopWriting do)
+                reactor.removeWriter(transport)
+            else:
+                # gatekeep's event loop: this end took the transport's place as it was
+                # watched; _update changes only what must change.
+                end.reading, end.writing = watched
             transport._gatekeep_splicer = self
             transport.__class__ = _SPLICED[type(transport)]
         if self.backend.bare:

@@ -436,3 +436,22 @@ def test_a_descriptor_whose_handler_raises_is_logged_and_disconnected() -> None:
     reactor.removeReader(other)
     a.close()
     b.close()
+
+
+def test_hand_over_puts_another_object_in_place_as_watched() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    transport, splice_end, stranger = Reader(a), Reader(a), Reader(b)
+    reactor.addReader(transport)
+    reactor.iterate(0)
+    assert reactor.hand_over(stranger, splice_end) is None  # not the descriptor's object
+    assert reactor.hand_over(transport, splice_end) == (True, False)
+    b.send(b"to the new object")
+    reactor.iterate(1)
+    assert splice_end.read == [b"to the new object"]
+    assert transport.read == []
+    assert counting.calls == [("register", a.fileno())]
+    assert splice_end in reactor.getReaders() and transport not in reactor.getReaders()
+    reactor.removeReader(splice_end)
+    a.close()
+    b.close()

@@ -305,8 +305,11 @@ class ClientSide(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        spliceable = self.fast and splice.usable(transport)
-        if self.inbound.shaping is not None or spliceable:
+        usable = splice.usable(transport)
+        # A bare-socket backend the relay will splice (gatekeep.targets.rawbackend).
+        bare_splice = (self.direct is not None and self.bare
+                       and self.inbound.shaping is None and usable and splice.enabled())
+        if self.inbound.shaping is not None or (self.fast and usable and not bare_splice):
             # A shaper must see every byte, and a spliced socket is read by the
             # splicer alone: nothing is read until the backend has joined.
             transport.pauseProducing()  # type: ignore[attr-defined]
@@ -317,9 +320,13 @@ class ClientSide(Protocol):
                                    self.inbound.reactor, fast=self.fast)
         self._started = self.inbound.reactor.seconds()
         timeout = self.inbound.route.connect_timeout
-        if self.direct is not None and self.bare and self.inbound.shaping is None \
-                and splice.enabled() and (spliceable or splice.usable(transport)):
+        if bare_splice:
             self._connectRaw(relay, timeout, adopt=False)
+            connecting = self._connecting
+            if not (isinstance(connecting, RawConnect) and connecting.ready):
+                transport.pauseProducing()  # type: ignore[attr-defined]
+            # else: connected already (a loopback backend), and the splicer takes the
+            # socket from the transport within this call, still watched for reading.
             return
         if self.direct is not None and self.bare and \
                 isinstance(self.inbound.reactor, PosixReactorBase):

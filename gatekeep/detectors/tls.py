@@ -14,6 +14,7 @@ from typing import Final
 from zope.interface import implementer
 
 from gatekeep.detectors._clienthello import (
+    CONTENT_HANDSHAKE,
     ClientHello,
     Incomplete,
     Oversized,
@@ -94,6 +95,9 @@ def _facts(hello: ClientHello) -> dict[str, FactValue]:
     }
 
 
+_NOT_TLS = NoMatch("not a TLS handshake record")
+
+
 @implementer(IDetector)
 class TLSDetector:
     """
@@ -111,6 +115,9 @@ class TLSDetector:
     facts = ("sni", "alpn", "versions", "ech", "truncated")
 
     def detect(self, prefix: bytes) -> Match | NoMatch | NeedMore:
+        if prefix and prefix[0] != CONTENT_HANDSHAKE:
+            # Most plain-text connections: what the parser would say, without parsing.
+            return _NOT_TLS
         result = parse_client_hello(prefix, self.max_prefix)
         if isinstance(result, Incomplete):
             return NeedMore()

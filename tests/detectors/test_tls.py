@@ -16,7 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from gatekeep.detectors._clienthello import MAX_RECORD, ClientHello, parse_client_hello
+from gatekeep.detectors._clienthello import (
+    MAX_RECORD,
+    ClientHello,
+    Incomplete,
+    Rejected,
+    parse_client_hello,
+)
 from gatekeep.detectors.tls import TLSDetector, host_name
 from gatekeep.interfaces import IDetector
 from gatekeep.values import Match, NeedMore, NoMatch, Verdict
@@ -438,3 +444,18 @@ def test_mutated_fixtures_thorough(data: st.DataObject) -> None:
 @settings(max_examples=1000, deadline=None)
 def test_never_waits_past_max_prefix_thorough(data: st.DataObject) -> None:
     _fuzz_oversize(data)
+
+
+@given(st.one_of(st.binary(max_size=64),
+                 st.builds(lambda h, tail: h[: len(h) // 2] + tail,
+                           st.sampled_from([f.data for f in FIXTURES]), st.binary(max_size=8))))
+def test_detect_answers_what_the_parser_says(prefix: bytes) -> None:
+    """The detector's shortcut for a first byte that is not a handshake record included."""
+    result = parse_client_hello(prefix, TLSDetector.max_prefix)
+    verdict = TLSDetector().detect(prefix)
+    if isinstance(result, Incomplete):
+        assert verdict == NeedMore()
+    elif isinstance(result, Rejected):
+        assert verdict == NoMatch(result.reason)
+    else:
+        assert isinstance(verdict, Match)

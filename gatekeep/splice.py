@@ -38,13 +38,12 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp, unix
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatekeep.accepted import AcceptedServer
+from gatekeep.sendnow import PLAIN
 
 if TYPE_CHECKING:
     from gatekeep.relay import Relay
@@ -63,7 +62,7 @@ _ROUNDS = 8
 _PIPE_SIZE = 1 << 16
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 # Transports whose ``socket`` is the connection itself, with nothing in between.
-_PLAIN = (tcp.Server, AcceptedServer, tcp.Client, unix.Server, unix.Client)
+_PLAIN = PLAIN
 
 def _environment_allows() -> bool:
     return os.environ.get("GATEKEEP_SPLICE", "1").strip().lower() not in ("0", "off", "no",

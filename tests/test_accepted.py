@@ -10,7 +10,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from gatekeep import splice
 from gatekeep.accepted import AcceptedServer, use_for
+from gatekeep.http.server import is_tls
+from gatekeep.sendnow import send_now
 
 
 class Accepting(TestCase):
@@ -47,6 +50,11 @@ class Accepting(TestCase):
         self.assertEqual(repr(transport), f"<Note #0 on {port.getHost().port}>")
         transport.logstr = "changed"  # Twisted may set it, as on a tcp.Server
         self.assertEqual(transport.logPrefix(), "changed")
+        # gatekeep's fast paths take it as the bare socket transport it is.
+        self.assertTrue(splice.usable(transport))
+        self.assertFalse(is_tls(transport))
+        send_now(transport, b"sent at once")
+        self.assertNotIn(transport, reactor.getWriters())  # nothing queued
 
     def test_other_ports_are_left_alone(self) -> None:
         class Other:

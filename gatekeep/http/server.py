@@ -25,10 +25,10 @@ from gatekeep.http.deadline import Deadline
 from gatekeep.http.exchange import Exchange
 from gatekeep.http.forwarding import client_ip
 from gatekeep.http.reader import END, NEED_DATA, PAUSED, BadRequest, RequestHead, RequestReader
-from gatekeep.http.sendnow import PLAIN as _PLAIN
-from gatekeep.http.sendnow import close_now, send_now
 from gatekeep.http.upstream import Gate, Upstream, no_delay
 from gatekeep.http.wire import reason_of, response_head, simple_body
+from gatekeep.sendnow import PLAIN as _PLAIN
+from gatekeep.sendnow import close_now, send_now
 
 if TYPE_CHECKING:
     from gatekeep.targets.http import HTTPTarget

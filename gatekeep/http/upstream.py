@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from gatekeep.http.deadline import Deadline
 from gatekeep.http.response import NEED_DATA, BackendError, ResponseHead, ResponseReader
-from gatekeep.http.sendnow import send_now
+from gatekeep.sendnow import send_now
 
 __all__ = ["Gate", "Pool", "Upstream", "UpstreamListener", "no_delay"]
 

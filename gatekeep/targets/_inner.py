@@ -31,8 +31,8 @@ from zope.interface import implementer
 
 from gatekeep import metrics
 from gatekeep.detectors.proxy import PREAMBLE, header_facts
-from gatekeep.http.sendnow import send_now
 from gatekeep.routing import Selection
+from gatekeep.sendnow import send_now
 from gatekeep.sniff import SniffingProtocol
 from gatekeep.timeouts import QueuedDeadline, deadlines_for
 from gatekeep.values import ConnectionRecord, FactValue, Inbound, Match, NoMatch

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gatekeep.http.deadline import Deadline
-from gatekeep.http.sendnow import close_now, send_now
+from gatekeep.sendnow import close_now, send_now
 from tests.http.harness import Harness
 from tests.http.test_proxy import SITE
 

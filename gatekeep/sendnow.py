@@ -18,10 +18,14 @@ from typing import Any
 from twisted.internet import tcp, unix
 from twisted.internet.protocol import connectionDone
 
+from gatekeep.accepted import AcceptedServer
+
 __all__ = ["PLAIN", "close_now", "send_now"]
 
 # Transports whose ``socket`` is the connection itself, with nothing in between.
-PLAIN = (tcp.Server, tcp.Client, unix.Server, unix.Client)
+#: Transports whose ``socket`` is the connection itself (gatekeep's listeners make
+#: AcceptedServer, a tcp.Server).
+PLAIN = (tcp.Server, AcceptedServer, tcp.Client, unix.Server, unix.Client)
 
 
 def send_now(transport: Any, data: bytes) -> None:

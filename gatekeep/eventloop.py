@@ -283,8 +283,11 @@ def _closed(selectable: Any) -> bool:
     Whether a descriptor's socket is closed: Twisted's transports then report -1,
     gatekeep's splice and raw-connect ends keep their number but hold the socket.
     """
-    if selectable.fileno() == -1:
-        return True
+    try:
+        if selectable.fileno() == -1:
+            return True
+    except Exception:  # noqa: BLE001 - e.g. Twisted's wakers once closed (no number left)
+        return False  # not known: epoll is asked to forget it (a closed one is ignored)
     sock = getattr(selectable, "sock", None)
     return sock is not None and sock.fileno() == -1
 

@@ -455,3 +455,28 @@ def test_hand_over_puts_another_object_in_place_as_watched() -> None:
     reactor.removeReader(splice_end)
     a.close()
     b.close()
+
+
+class Waker(Reader):
+    """As Twisted's wakers: once closed, it has no number to give (fileno raises)."""
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise AttributeError("closed")
+        return int(self.sock.fileno())
+
+
+def test_a_descriptor_that_cannot_tell_its_number_once_closed_is_forgotten() -> None:
+    reactor, counting = coalescing()
+    a, b = pair()
+    waker = Waker(a)
+    number = a.fileno()
+    reactor.addReader(waker)
+    reactor.iterate(0)
+    reactor.removeReader(waker)
+    a.close()
+    waker.sock = None
+    reactor.iterate(0)  # must not raise from the flush
+    assert waker not in reactor.getReaders()
+    assert counting.calls[0] == ("register", number)
+    b.close()

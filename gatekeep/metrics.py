@@ -136,16 +136,24 @@ def _outcome(reason: str) -> str:
 _open: dict[int, tuple[ConnectionRecord, int, int]] = {}
 
 
-def _count_bytes(record: ConnectionRecord, route: str) -> None:
-    _, counted_in, counted_out = _open.get(id(record), (record, 0, 0))
-    if record.bytes_in <= counted_in and record.bytes_out <= counted_out:
-        return
+def _add_bytes(record: ConnectionRecord, route: str, counted_in: int,
+               counted_out: int) -> bool:
+    """Add to BYTES what ``record`` relayed beyond what was counted; True if anything."""
+    more = False
     if record.bytes_in > counted_in:
         BYTES.inc((record.listener, route, "in"), record.bytes_in - counted_in)
+        more = True
     if record.bytes_out > counted_out:
         BYTES.inc((record.listener, route, "out"), record.bytes_out - counted_out)
-    _open[id(record)] = (record, max(counted_in, record.bytes_in),
-                         max(counted_out, record.bytes_out))
+        more = True
+    return more
+
+
+def _count_bytes(record: ConnectionRecord, route: str) -> None:
+    _, counted_in, counted_out = _open.get(id(record), (record, 0, 0))
+    if _add_bytes(record, route, counted_in, counted_out):
+        _open[id(record)] = (record, max(counted_in, record.bytes_in),
+                             max(counted_out, record.bytes_out))
 
 
 def connection_opened(record: ConnectionRecord) -> None:
@@ -159,17 +167,13 @@ def connection_ended(record: ConnectionRecord) -> str:
     route = record.route or "-"
     outcome = outcome_of(record)
     CONNECTIONS.inc((listener, route, record.protocol or "unknown", outcome))
-    # (what _count_bytes does, for the last time; every connection ends here)
+    # The connection leaves the open ones: its last bytes are counted here.
     entry = _open.pop(id(record), None)
     if entry is None:
-        counted_in = counted_out = 0
+        _add_bytes(record, route, 0, 0)
     else:
-        counted_in, counted_out = entry[1], entry[2]
         OPEN.inc((listener,), -1)
-    if record.bytes_in > counted_in:
-        BYTES.inc((listener, route, "in"), record.bytes_in - counted_in)
-    if record.bytes_out > counted_out:
-        BYTES.inc((listener, route, "out"), record.bytes_out - counted_out)
+        _add_bytes(record, route, entry[1], entry[2])
     if outcome == "no_route":
         REFUSALS.inc((listener, "no_route"))
     return outcome

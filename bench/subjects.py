@@ -357,6 +357,25 @@ def _sslh_available(flavour: str) -> Callable[[], str | None]:
     return available
 
 
+# --- the Python floor ------------------------------------------------------------------
+
+
+def _pyfloor_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
+    port = free_port()
+    log = fresh_path(workdir, "python-floor", ".log")
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("pyfloor.py")), str(port),
+             str(backend_port), str(tls_port)], stdout=sink, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
+    try:
+        wait_listening(port, process, 15, log)
+    except StartError:
+        process.kill()
+        raise
+    return Instance("python-floor", port, process, log)
+
+
 SUBJECTS: dict[str, Subject] = {s.name: s for s in [
     Subject("direct", "client straight to the backend, no proxy",
             lambda: "-", lambda: None, _direct_start),
@@ -382,6 +401,9 @@ SUBJECTS: dict[str, Subject] = {s.name: s for s in [
     Subject("haproxy-splice", "as haproxy, plus `option splice-auto` (not in the default set)",
             lambda: run_version(["haproxy", "-v"]), _haproxy_available,
             _haproxy_starter("haproxy-splice", "    option splice-auto\n")),
+    Subject("python-floor", "bench/pyfloor.py: gatekeep's system calls from a bare Python "
+            "epoll loop, nothing else (not in the default set)",
+            lambda: f"Python {sys.version.split()[0]}", lambda: None, _pyfloor_start),
 ]}
 
 DEFAULT_SUBJECTS = ["direct", "gatekeep", f"gatekeep-{CORES}", "haproxy", f"haproxy-{CORES}",

@@ -26,7 +26,7 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
             pytest.skip(f"{tool} is not installed (the CI script installs it)")
     results = tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--subjects", "direct,gatekeep,haproxy",
+        [sys.executable, str(RUN), "--smoke", "--subjects", "direct,gatekeep,haproxy,python-floor",
          "--json", str(results), "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
     output = done.stdout + done.stderr
@@ -37,7 +37,7 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     assert "Ratios relative to HAProxy (subject / haproxy)" in done.stdout, output
     ratios_part = done.stdout.split("Ratios relative to HAProxy", 1)[1]
     header = ratios_part.splitlines()[1]
-    assert header.split()[-2:] == ["direct", "gatekeep"], output
+    assert header.split()[-3:] == ["direct", "gatekeep", "python-floor"], output
     better = re.compile(r"^(.*) \((higher|lower) is better\)")
     rows = [line for line in ratios_part.splitlines() if better.match(line)]
     labels = {m.group(1) for m in map(better.match, rows) if m}
@@ -49,7 +49,8 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     # then there is no ratio to show.
     for row in rows:
         if not row.startswith("added latency"):
-            assert re.search(r"\d+\.\d\dx$", row), row  # gatekeep's column holds a ratio
+            # gatekeep's column (and the floor's, last) hold ratios
+            assert re.search(r"\d+\.\d\dx +\d+\.\d\dx$", row), row
     for target in ("target: gatekeep bulk >= 0.9x HAProxy:",
                    "target: gatekeep CPU/GiB <= 1.5x HAProxy:",
                    "target: gatekeep conn/s >= 0.5x haproxy (same workers/threads):",
@@ -60,9 +61,9 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     import json
 
     document = json.loads(results.read_text())
-    assert set(document["subjects"]) == {"direct", "gatekeep", "haproxy"}
-    assert document["errors"] == []
-    for name in ("gatekeep", "haproxy"):
+    assert set(document["subjects"]) == {"direct", "gatekeep", "haproxy", "python-floor"}
+    assert document["errors"] == []  # (the floor's bulk bytes were CRC-checked too)
+    for name in ("gatekeep", "haproxy", "python-floor"):
         figures = document["subjects"][name]["figures"]
         for key in ("up1", "up4", "down1", "down4", "cpu_per_gib", "conn_rate", "rtt_p50",
                     "rss_idle"):

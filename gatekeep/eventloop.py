@@ -28,16 +28,21 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 from collections.abc import Callable
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.logger import Logger
 from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+
+from gatekeep.streamerror import stream_error
 
 __all__ = ["CoalescingEPollReactor", "before_wait", "coalesce"]
 
@@ -230,8 +235,16 @@ class CoalescingEPollReactor(EPollReactor):
                 continue
             self.last_event = event
             if event & _HANGUP and not event & EPOLLIN:
-                # A hang-up with nothing left to read: Twisted decides how it ended.
-                self._doReadOrWrite(selectable, fd, event)
+                # A hang-up with nothing left to read. Twisted would call it a clean
+                # end for a reader, but it may be a reset the kernel is still handling
+                # (gatekeep.streamerror): a peek tells, for every reader (TLS too).
+                code = fd in self._reads and _pending_error(selectable)
+                if code:  # (as _disconnectSelectable, keeping the error's text)
+                    self.removeReader(selectable)
+                    self.removeWriter(selectable)
+                    selectable.connectionLost(Failure(ConnectionLost(os.strerror(code))))
+                else:
+                    self._doReadOrWrite(selectable, fd, event)
                 continue
             # What Twisted's _doReadOrWrite does with a read or write event, written
             # out here: one call less per event.
@@ -271,6 +284,17 @@ def _listening(kind: type) -> bool:
 def _socket_of(selectable: Any) -> Any:
     """The socket object behind a descriptor: a transport's, or a splice end's."""
     return getattr(selectable, "socket", None) or getattr(selectable, "sock", None)
+
+
+def _pending_error(selectable: Any) -> int:
+    """
+    The error a read of the descriptor's socket would report now, if it has one and
+    is connected (a connecting client's failure is Twisted's to tell, by its type).
+    """
+    if not getattr(selectable, "connected", True):
+        return 0
+    sock = _socket_of(selectable)
+    return stream_error(sock) if isinstance(sock, socket.socket) else 0
 
 
 def _same_socket(left: Any, taker: Any) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +31,10 @@ from zope.interface import implementer
 
 from gatekeep import splice
 from gatekeep.shapers.shaping import Shaping
+from gatekeep.streamerror import stream_error
 from gatekeep.values import ConnectionRecord
 
-__all__ = ["BackendSide", "Relay", "stream_error"]
+__all__ = ["BackendSide", "Relay"]
 
 
 def _half_close(transport: Any) -> None:
@@ -210,29 +210,6 @@ class Relay:
 
 
 _EPOLLIN = getattr(select, "EPOLLIN", 0)
-_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
-
-
-def stream_error(sock: Any) -> int:
-    """
-    The error a read of ``sock`` would report now (``errno``), 0 if it would read
-    bytes, the end of the stream, or nothing yet. Nothing is consumed but the error.
-
-    A reset peer's RST can reach the event loop as ``EPOLLERR`` (or ``EPOLLHUP``)
-    without ``EPOLLIN``: Linux's ``tcp_poll`` runs without the socket's lock, and while
-    the kernel handles the RST it has set the socket's error but not yet shut the
-    socket down (it purges the send queue in between). Twisted's poll reactors take
-    that, on a descriptor being read, for a clean end of stream, without reading.
-    Peeking tells the two apart as a read would: a FIN received before the RST still
-    reads as the end of the stream.
-    """
-    try:
-        sock.recv(1, _PEEK)
-    except (BlockingIOError, InterruptedError):
-        return 0
-    except OSError as error:
-        return error.errno or 0
-    return 0
 
 
 def _reset_behind_eof(transport: Any) -> bool:

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatekeep.sendnow import PLAIN
+from gatekeep.streamerror import stream_error
 
 if TYPE_CHECKING:
     from gatekeep.relay import Relay
@@ -376,9 +377,7 @@ class Splicer:
             return
         if isinstance(reason.value, ConnectionDone):
             # The reactor saw a hang-up without EPOLLIN. A reset can look like that
-            # (gatekeep.relay.stream_error): a read (a peek) tells.
-            from gatekeep.relay import stream_error
-
+            # (gatekeep.streamerror): a read (a peek) tells.
             code = stream_error(end.sock)
             if code:
                 self._end_with(end, Failure(ConnectionLost(os.strerror(code))))

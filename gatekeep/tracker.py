@@ -15,9 +15,14 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from gatekeep.config.units import format_duration
+
 __all__ = ["ConnectionTracker"]
 
 log = Logger()
+
+#: Seconds a stop waits, past the drain deadline, for the aborted connections to end.
+ABORT_GRACE = 1.0
 
 
 class ConnectionTracker:
@@ -60,7 +65,7 @@ class ConnectionTracker:
                  timeout=timeout, count=len(self._open))
         done: defer.Deferred[int] = defer.Deferred()
         self._drained.append(done)
-        timer: IDelayedCall = clock.callLater(timeout, self._abort_all, done)
+        timer: IDelayedCall = clock.callLater(timeout, self._abort_all, done, timeout, clock)
 
         def stop_timer(result: int) -> int:
             if timer.active():
@@ -69,16 +74,43 @@ class ConnectionTracker:
 
         return done.addCallback(stop_timer)
 
-    def _abort_all(self, done: defer.Deferred[int]) -> None:
+    def _abort_all(self, done: defer.Deferred[int], timeout: float, clock: Any) -> None:
         left = list(self._open)
+        # Each connection's line says why it ended (as an idle_timeout's does), not
+        # "client reset", which the abort would otherwise make of it.
+        reason = f"drain_timeout ({format_duration(timeout)}) passed"
         log.warn("drain deadline passed: closing {count} connection(s)", count=len(left))
         if done in self._drained:
             self._drained.remove(done)
         for protocol in left:
+            record = getattr(protocol, "record", None)
+            if record is not None:
+                record.close(reason)
             transport = getattr(protocol, "transport", None)
             abort = getattr(transport, "abortConnection", None)
             if abort is not None:
                 abort()
             elif transport is not None:
                 transport.loseConnection()
-        done.callback(len(left))
+        if not self._open:
+            done.callback(len(left))
+            return
+        # Twisted's abortConnection ends a connection on the reactor's next turn, and
+        # its log line and metrics come then: the stop waits for that (a little),
+        # or the lines of the very connections the deadline closed would be lost.
+        ended: defer.Deferred[int] = defer.Deferred()
+        self._drained.append(ended)
+
+        def give_up() -> None:
+            if ended in self._drained:
+                self._drained.remove(ended)
+                ended.callback(0)
+
+        grace = clock.callLater(ABORT_GRACE, give_up)
+
+        def finish(_: int) -> None:
+            if grace.active():
+                grace.cancel()
+            done.callback(len(left))
+
+        ended.addCallback(finish)

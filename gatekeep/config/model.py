@@ -251,7 +251,8 @@ class GlobalSettings:
 
     drain_timeout: float = setting(
         "On stop (SIGTERM, `systemctl stop`), listeners close at once and open "
-        "connections get this long to finish; those still open then are closed.",
+        "connections get this long to finish; those still open then are closed, and "
+        "their log lines say `close=drain_timeout (30s) passed`.",
         default=30.0,
         parse=_positive_duration,
         shown='"30s"',

@@ -19,7 +19,7 @@ from gatekeep.status import (
     Snapshot,
     render_status,
 )
-from gatekeep.tracker import ConnectionTracker
+from gatekeep.tracker import ABORT_GRACE, ConnectionTracker
 from gatekeep.values import ConnectionRecord
 from tests.helpers import captured_log
 
@@ -71,6 +71,7 @@ class _Conn:
     def __init__(self) -> None:
         self.aborted = False
         self.transport = self
+        self.record = ConnectionRecord("x", "192.0.2.1:4000", 0.0)
 
     def abortConnection(self) -> None:
         self.aborted = True
@@ -102,10 +103,32 @@ class TrackerTests(SynchronousTestCase):
         clock.advance(4.9)
         self.assertEqual(results, [])
         clock.advance(0.1)
-        self.assertEqual(results, [1])
         self.assertTrue(a.aborted)
+        # The abort ends the connection a turn later (with its log line): waited for.
+        self.assertEqual(results, [])
+        tracker.closed(a)
+        self.assertEqual(results, [1])
+        self.assertEqual(clock.getDelayedCalls(), [])
         self.assertFalse(b.aborted)
         self.assertEqual(tracker.total_accepted["x"], 2)
+        # Its log line says why, not "client reset" (what the abort would make of it).
+        self.assertEqual(a.record.close_reason, "drain_timeout (5s) passed")
+        self.assertIsNone(b.record.close_reason)
+
+    def test_an_aborted_connection_that_never_ends_holds_the_stop_only_briefly(self) -> None:
+        clock, tracker = Clock(), ConnectionTracker()
+        stuck = _Conn()
+        tracker.opened("x", stuck)
+        results: list[int] = []
+        tracker.drain(5.0, clock).addCallback(results.append)
+        clock.advance(5.0)
+        self.assertTrue(stuck.aborted)
+        clock.advance(ABORT_GRACE - 0.01)
+        self.assertEqual(results, [])
+        clock.advance(0.01)
+        self.assertEqual(results, [1])
+        tracker.closed(stuck)  # late: nothing fires twice
+        self.assertEqual(results, [1])
 
     def test_nothing_open_drains_at_once(self) -> None:
         results: list[int] = []

@@ -9,11 +9,16 @@ never run) is the only way to be sure ``gatekeep check`` accepts exactly what
 from __future__ import annotations
 
 import ipaddress
+import os
+from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 
 __all__ = [
+    "bound_address",
+    "clashes",
     "client_endpoint_problem",
     "server_endpoint_problem",
     "split_endpoint",
@@ -37,6 +42,58 @@ def server_endpoint_problem(description: str) -> str | None:
     except Exception as error:  # noqa: BLE001 - parsers raise anything
         return _problem("server", description, error)
     return None
+
+
+#: What a server endpoint binds: ("tcp", port, interface) or ("unix", path), or the
+#: description itself for endpoints gatekeep cannot look into (systemd:, plugins).
+Bound = tuple[Any, ...]
+
+_LOOKED_INTO = ("tcp", "tcp6", "ssl", "unix")
+
+
+
+def bound_address(description: str) -> Bound | None:
+    """
+    What listening on ``description`` would bind, found by listening with Twisted's
+    parser on a reactor that is never run; None when it binds nothing fixed (port 0:
+    the kernel picks a free port each time).
+    """
+    args, _ = split_endpoint(description)
+    if not args or args[0].strip().lower() not in _LOOKED_INTO:
+        return (description,)  # (a plugin's listen might start things: not tried)
+    reactor = MemoryReactorClock()
+    try:
+        serverFromString(reactor, description).listen(Factory())
+    except Exception:  # noqa: BLE001 - parsers raise anything; reported elsewhere
+        return (description,)
+    for port, *_, interface in (*reactor.tcpServers, *reactor.sslServers):
+        if port == 0:
+            return None
+        return ("tcp", port, interface)
+    for address, *_ in reactor.unixServers:
+        return ("unix", os.path.normpath(os.fsdecode(address)))
+    return (description,)
+
+
+def clashes(one: Bound, other: Bound) -> bool:
+    """
+    Whether two bound addresses cannot both be bound, as Linux sees it: on one port,
+    IPv4's wildcard takes every IPv4 address, and IPv6's (``::``, dual-stack unless
+    the system says otherwise) every address.
+    """
+    if one[0] == "tcp" and other[0] == "tcp":
+        if one[1] != other[1]:
+            return False
+        a, b = _interface(one[2]), _interface(other[2])
+        return a == b or "::" in (a, b) or ("0.0.0.0" in (a, b) and ":" not in a + b)
+    return one == other
+
+
+def _interface(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text or "0.0.0.0"))
+    except ValueError:
+        return text
 
 
 def _systemd_problem(description: str) -> str | None:

@@ -19,6 +19,7 @@ import attrs
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from gatekeep.config.endpoints import Bound, bound_address, clashes
 from gatekeep.config.errors import ConfigError, ConfigErrors
 from gatekeep.config.model import (
     AdminConfig,
@@ -83,14 +84,15 @@ def load_config(text: str, registry: Registry, source: str = "") -> Config:
     return config
 
 
-def _exclusive(listener: ListenerConfig) -> list[tuple[str, str]]:
-    """(key, value) of what no two listeners may share: endpoints, onion directories."""
+def _exclusive(listener: ListenerConfig) -> list[tuple[str, Bound]]:
+    """(key, value) of what no two listeners may share: addresses, onion directories."""
     if listener.tor is None:
-        return [("endpoint", listener.endpoint)] if listener.endpoint else []
+        bound = bound_address(listener.endpoint) if listener.endpoint else None
+        return [("endpoint", bound)] if bound is not None else []
     tor = listener.tor
     dirs = [("tor.key_dir", tor.key_dir)] + ([("tor.data_dir", tor.data_dir)]
                                            if tor.data_dir else [])
-    return [(key, "dir:" + os.path.normpath(value)) for key, value in dirs]
+    return [(key, ("dir", os.path.normpath(value))) for key, value in dirs]
 
 
 def _maker(prototype: Any, factory: Any, options: dict[str, Any]) -> Any:
@@ -143,7 +145,10 @@ class _Loader:
             if (problem.group, problem.name) in self.used_plugins:
                 continue  # already reported as an error where it is used
             self.warnings.append(str(problem))
-        if admin is not None and admin.endpoint in {listener.endpoint for listener in listeners}:
+        admin_bound = bound_address(admin.endpoint) if admin is not None else None
+        if admin_bound is not None and any(
+                clashes(admin_bound, bound) for listener in listeners
+                if listener.endpoint and (bound := bound_address(listener.endpoint))):
             self.error("admin.endpoint", "endpoint also used by a [[listener]]",
                        "give the admin listener its own address")
         if self.errors:
@@ -544,7 +549,7 @@ class _Loader:
         inner: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> None:
         names: set[str] = set()
-        endpoints: dict[str, str] = {}
+        taken: list[tuple[Bound, str]] = []
         used: set[str] = set(inner)
         for index, listener in enumerate(listeners):
             path = key_path("listener", index)
@@ -552,13 +557,16 @@ class _Loader:
                 self.error(key_path(path, "name"), f"duplicate listener name '{listener.name}'")
             names.add(listener.name)
             for key, value in _exclusive(listener):
-                if value in endpoints:
+                holder = next((name for other, name in taken if clashes(value, other)), None)
+                if holder is not None:
                     self.error(key_path(key_path(path, key.partition(".")[0]),
                                         key.partition(".")[2]) if "." in key
                                else key_path(path, key),
-                               f"{key.rpartition('.')[2]} also used by listener "
-                               f"'{endpoints[value]}'")
-                endpoints.setdefault(value, listener.name)
+                               f"{key.rpartition('.')[2]} also used by listener '{holder}'",
+                               "give each listener its own address (port 0 lets the "
+                               "system pick one)" if key == "endpoint" else "")
+                else:
+                    taken.append((value, listener.name))
             used.add(listener.service)
             self.access_named(listener.access, key_path(path, "access"))
             self.shaper_named(listener.shaper, key_path(path, "shaper"))

@@ -312,7 +312,7 @@ def _closed(selectable: Any) -> bool:
             return True
     except Exception:  # noqa: BLE001 - e.g. Twisted's wakers once closed (no number left)
         return False  # not known: epoll is asked to forget it (a closed one is ignored)
-    sock = getattr(selectable, "sock", None)
+    sock = _socket_of(selectable)
     return sock is not None and sock.fileno() == -1
 
 

@@ -22,7 +22,6 @@ from gatekeep.accepted import AcceptedServer
 
 __all__ = ["PLAIN", "close_now", "send_now"]
 
-# Transports whose ``socket`` is the connection itself, with nothing in between.
 #: Transports whose ``socket`` is the connection itself (gatekeep's listeners make
 #: AcceptedServer, a tcp.Server).
 PLAIN = (tcp.Server, AcceptedServer, tcp.Client, unix.Server, unix.Client)

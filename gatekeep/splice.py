@@ -62,8 +62,6 @@ _ROUNDS = 8
 #: A pipe's default capacity: a splice that moved less emptied its socket.
 _PIPE_SIZE = 1 << 16
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
-# Transports whose ``socket`` is the connection itself, with nothing in between.
-_PLAIN = PLAIN
 
 def _environment_allows() -> bool:
     return os.environ.get("GATEKEEP_SPLICE", "1").strip().lower() not in ("0", "off", "no",
@@ -97,7 +95,7 @@ def enabled() -> bool:
 def usable(transport: Any) -> bool:
     """True if ``transport`` is a bare socket connection with nothing left to write."""
     # (Twisted's plain transports all have these attributes; ``socket`` goes once closed)
-    return (type(transport) in _PLAIN and not transport.TLS
+    return (type(transport) in PLAIN and not transport.TLS
             and bool(transport.connected) and not transport.disconnecting
             and not transport.dataBuffer and not transport._tempDataBuffer
             and getattr(transport, "socket", None) is not None)
@@ -209,7 +207,7 @@ def _stand_aside(cls: type) -> type:
         "__module__": __name__})
 
 
-_SPLICED = {cls: _stand_aside(cls) for cls in _PLAIN}
+_SPLICED = {cls: _stand_aside(cls) for cls in PLAIN}
 _UNSPLICED = {spliced: cls for cls, spliced in _SPLICED.items()}
 
 

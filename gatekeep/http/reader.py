@@ -105,7 +105,9 @@ class RequestHead:
     def keep_alive(self) -> bool:
         connection = self.connection_tokens
         if self.version == b"1.0":
-            return False  # HTTP/1.0 keep-alive is not offered: one request per connection
+            # HTTP/1.0 persists only when asked to (RFC 9112, appendix C.2.2), and the
+            # response then says so (see gatekeep.http.server).
+            return b"keep-alive" in connection and b"close" not in connection
         return b"close" not in connection
 
 

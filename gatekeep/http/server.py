@@ -39,6 +39,9 @@ __all__ = ["HTTP1Connection", "is_tls"]
 #: Bytes of pipelined requests read ahead before reading from the client pauses.
 PIPELINE_LIMIT: Final = 64 * 1024
 
+#: What a response to an HTTP/1.0 client that asked to keep the connection says.
+_KEEP_ALIVE: Final = (b"Connection", b"keep-alive")
+
 
 def _half_close(transport: Any) -> None:
     """Stop writing to a tunnel's backend after its buffer drains (or close, if it can't)."""
@@ -277,6 +280,8 @@ class HTTP1Connection(Protocol):
                 close = True  # HTTP/1.0: the body ends where the connection does
         if close:
             fields.append((b"Connection", b"close"))
+        elif head.version == b"1.0":
+            fields.append(_KEEP_ALIVE)  # or an HTTP/1.0 client closes after this response
         self._close_after = close
         data = response_head(status, reason, fields)
         if body and length != 0:
@@ -301,6 +306,8 @@ class HTTP1Connection(Protocol):
             fields.append((b"Content-Length", b"%d" % length))
         if close:
             fields.append((b"Connection", b"close"))
+        elif head.version == b"1.0":
+            fields.append(_KEEP_ALIVE)
         self._close_after = close
         self._write(response_head(status, reason, fields) + data)
 

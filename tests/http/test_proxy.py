@@ -196,6 +196,29 @@ class Proxied(SynchronousTestCase):
         self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhi")
         self.assertTrue(client.disconnecting)
 
+    def test_http10_keep_alive_client_keeps_its_connection(self) -> None:
+        h = Harness(SITE)
+        _p, client = h.connect(
+            b"GET / HTTP/1.0\r\nHost: www.example.org\r\nConnection: keep-alive\r\n\r\n")
+        backend, transport = h.backend()
+        self.assertNotIn(b"keep-alive", transport.value().lower())  # hop-by-hop: not passed
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertEqual(client.value(),
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive"
+                         b"\r\n\r\nhi")
+        self.assertFalse(client.disconnecting)
+        # A second request on it; a body of unknown length can only end with the connection.
+        client.clear()
+        transport.clear()
+        _p.dataReceived(
+            b"GET / HTTP/1.0\r\nHost: www.example.org\r\nConnection: Keep-Alive\r\n\r\n")
+        self.assertEqual(len(h.reactor.tcpClients), 1)  # the backend connection is reused
+        self.assertTrue(transport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"2\r\nhi\r\n0\r\n\r\n")
+        self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhi")
+        self.assertTrue(client.disconnecting)
+
     def test_websocket_upgrade_becomes_a_tunnel(self) -> None:
         h = Harness(SITE)
         protocol, client = h.connect(

@@ -164,6 +164,18 @@ def test_keep_alive_and_pipelining(gatekeep: Gatekeep) -> None:
     assert out.count(b"HTTP/1.1 200 OK\r\n") == 6
 
 
+def test_http10_keep_alive_reuses_the_connection(gatekeep: Gatekeep) -> None:
+    # As ApacheBench's -k and older clients ask: HTTP/1.0 with Connection: keep-alive.
+    url = f"http://127.0.0.1:{gatekeep.port('edge')}"
+    done = subprocess.run(
+        ["curl", "-sS", "--http1.0", "-H", "Connection: keep-alive", "--max-time", "10",
+         "-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} %{http_code}\n",
+         f"{url}/n/1", f"{url}/health"], capture_output=True, text=True, timeout=20,
+        check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["1 200", "0 200"], done  # no second connect
+
+
 def test_smuggling_refused(gatekeep: Gatekeep) -> None:
     port = gatekeep.port("edge")
     attempt = (b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n"

@@ -444,6 +444,26 @@ def targets(by_name: dict[str, SubjectResult]) -> list[str]:
     return lines
 
 
+def floor_context(by_name: dict[str, SubjectResult]) -> list[str]:
+    """With ``python-floor`` measured: how much of gatekeep's cost Python alone makes."""
+    floor = by_name.get("python-floor")
+    if floor is None:
+        return []
+    lines = []
+    cost, rate = floor.figures.get("cpu_per_kconn"), floor.figures.get("conn_rate")
+    for name in ("gatekeep", "sslh-select"):
+        other = by_name.get(name)
+        if other is None:
+            continue
+        theirs, their_rate = other.figures.get("cpu_per_kconn"), other.figures.get("conn_rate")
+        if cost is not None and theirs is not None:
+            lines.append(f"python-floor: {cost:.0f} ms CPU per 1000 connections; {name}: "
+                         f"{theirs:.0f} ({theirs - cost:+.0f} ms)")
+        if rate is not None and their_rate:
+            lines.append(f"python-floor: conn/s {rate / their_rate:.2f}x {name}'s")
+    return lines
+
+
 def conclude(settings: Settings, machine: dict[str, str | int | float],
              started: datetime.datetime, results: list[SubjectResult],
              harness_errors: list[str], workdir: Path, args: argparse.Namespace) -> int:
@@ -466,7 +486,7 @@ def conclude(settings: Settings, machine: dict[str, str | int | float],
         say("Ratios relative to HAProxy (subject / haproxy)")
         say(render_table(results, ratio_table, ratio=True, skip_subjects=("haproxy",)))
     say("")
-    for line in targets(by_name):
+    for line in [*targets(by_name), *floor_context(by_name)]:
         say(line + ("  (smoke run: not meaningful)" if settings.smoke else ""))
     direct = by_name.get("direct")
     if direct is not None and not settings.smoke:

@@ -30,6 +30,7 @@ __all__ = [
     "connections_by_route",
     "detected",
     "exposition",
+    "http_request",
     "open_by_route",
     "outcome_of",
     "refused",
@@ -44,6 +45,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: detection is usually sub-millisecond, but waits for slow clients and
 # server-speaks-first defaults (detect_timeout, 5 s by default).
 _DETECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds: from a cached answer in a millisecond to a slow backend's response_timeout.
+_REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0)
 _CONNECT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 CONNECTIONS = CounterStore(
@@ -77,6 +81,13 @@ TLS_HANDSHAKES = CounterStore(
 TLS_HANDSHAKE_SECONDS = HistogramStore(
     "gatekeep_tls_handshake_seconds", "Duration of TLS handshakes gatekeep terminated.",
     ["listener", "route"], _CONNECT_BUCKETS)
+HTTP_REQUESTS = CounterStore(
+    "gatekeep_http_requests", "Requests the HTTP reverse proxy finished, by site, route ('-': "
+    "none matched) and status code (499: the client left before the response ended).",
+    ["listener", "site", "route", "code"])
+HTTP_REQUEST_SECONDS = HistogramStore(
+    "gatekeep_http_request_seconds", "Time from a request's head to the end of its response "
+    "(WebSocket tunnels: to the switch).", ["listener", "site", "route"], _REQUEST_BUCKETS)
 INFO = GaugeStore("gatekeep_info", "Always 1; the version as a label.", ["version"])
 INFO.set((__version__,), 1)
 LAST_RELOAD_OK.set((), 1)
@@ -212,6 +223,15 @@ def tls_handshake(listener: str, route: str, outcome: str, seconds: float | None
         TLS_HANDSHAKE_SECONDS.observe((listener, route), max(0.0, seconds))
 
 
+def http_request(listener: str, site: str, route: str, status: int, seconds: float) -> None:
+    """One request the HTTP reverse proxy finished (answered, failed or left by its client)."""
+    HTTP_REQUESTS.inc((listener, site, route, _CODES.get(status) or str(status)))
+    HTTP_REQUEST_SECONDS.observe((listener, site, route), max(0.0, seconds))
+
+
+_CODES = {code: str(code) for code in range(100, 600)}
+
+
 def reloaded(applied: bool) -> None:
     RELOADS.inc(("applied" if applied else "rejected",))
     LAST_RELOAD_OK.set((), 1 if applied else 0)
@@ -263,5 +283,6 @@ def connections_by_route() -> dict[tuple[str, str], int]:
 # Every scrape first adds what open connections relayed since the previous one.
 REGISTRY.register(StoreCollector(
     [CONNECTIONS, BYTES, REFUSALS, RELOADS, LAST_RELOAD_OK, DETECT_SECONDS, OPEN,
-     BACKEND_CONNECT_SECONDS, BACKEND_FAILURES, TLS_HANDSHAKES, TLS_HANDSHAKE_SECONDS, INFO],
+     BACKEND_CONNECT_SECONDS, BACKEND_FAILURES, TLS_HANDSHAKES, TLS_HANDSHAKE_SECONDS,
+     HTTP_REQUESTS, HTTP_REQUEST_SECONDS, INFO],
     before=_flush_open))

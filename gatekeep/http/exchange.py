@@ -429,16 +429,21 @@ class Exchange:
             return
         if not self.response_started:
             self.status = 499
-        self._release_upstream(reuse=False)
+        # Finished first: a backend connect cancelled here is not the backend's failure
+        # (no 502 to a client that left, no second access-log line).
         self.finished = True
+        self._release_upstream(reuse=False)
         self._log()
 
     def _log(self) -> None:
+        """The request's metrics, and its access-log line if the site keeps one."""
+        inbound = self.downstream.inbound
+        metrics.http_request(inbound.listener, self.site.name, self._route_name(), self.status,
+                             self.reactor.seconds() - self.started)
         access = self.target.access_log
         if access is None:
             return
         head = self.head
-        inbound = self.downstream.inbound
         ip = client_ip(inbound.client) or format_address(inbound.client)
         upstream = self._upstream_time
         if upstream is None and self._upstream_started is not None:

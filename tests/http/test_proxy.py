@@ -7,6 +7,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatekeep import metrics
 from gatekeep.http.upstream import Gate
 from tests.http.harness import Harness
 
@@ -431,3 +432,46 @@ class KeepAliveTimeout(SynchronousTestCase):
         self.assertEqual(client.value(), OK_EMPTY)
         h.reactor.advance(76)
         self.assertTrue(client.disconnecting)
+
+
+class RequestMetrics(SynchronousTestCase):
+    """Each finished request is counted by site, route and status, and timed."""
+
+    def count(self, route: str, code: str) -> float:
+        return metrics.value("gatekeep_http_requests_total", listener="edge", site="site",
+                             route=route, code=code)
+
+    def test_answered_proxied_missing_and_abandoned_requests(self) -> None:
+        before = {key: self.count(*key) for key in
+                  [("wk", "200"), ("web", "200"), ("-", "404"), ("matrix", "499"), ("-", "200"),
+                   ("matrix", "502")]}
+        failures = metrics.value("gatekeep_backend_connect_failures_total", listener="edge",
+                                 route="web", reason="unreachable")
+        timed = metrics.value("gatekeep_http_request_seconds_count", listener="edge",
+                              site="site", route="web")
+        h = Harness(SITE)
+        _p, client = h.connect(
+            b"GET /.well-known/matrix/client HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nHost: nowhere.example.net\r\n\r\n"
+            b"GET /page HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+        backend, _transport = h.backend()
+        h.reactor.advance(0.25)  # the backend takes a quarter of a second
+        backend.dataReceived(OK_EMPTY)
+        self.assertEqual(client.value().count(b"HTTP/1.1 "), 4)  # all four answered
+        _p2, client2 = h.connect(b"GET /_matrix/x HTTP/1.1\r\nHost: matrix.example.org\r\n\r\n")
+        client2.loseConnection()
+        _p2.connectionLost(Failure(connectionDone))  # gone before the backend answered
+        after = {key: self.count(*key) for key in before}
+        self.assertEqual({key: after[key] - before[key] for key in before},
+                         {("wk", "200"): 1, ("web", "200"): 1, ("-", "404"): 1,
+                          ("matrix", "499"): 1, ("-", "200"): 1,  # ("-": health)
+                          ("matrix", "502"): 0})  # the connect it cancelled: no failure
+        self.assertEqual(metrics.value("gatekeep_backend_connect_failures_total",
+                                       listener="edge", route="web", reason="unreachable"),
+                         failures)
+        self.assertEqual(metrics.value("gatekeep_http_request_seconds_count", listener="edge",
+                                       site="site", route="web") - timed, 1)
+        bucket = metrics.value("gatekeep_http_request_seconds_bucket", listener="edge",
+                               site="site", route="web", le="0.25")
+        self.assertGreaterEqual(bucket, 1)  # 0.25 s, in the le="0.25" bucket

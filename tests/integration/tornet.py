@@ -185,6 +185,16 @@ TestingDirAuthVoteGuard *
 TestingDirAuthVoteExit *
 TestingDirAuthVoteHSDir *
 TestingMinExitFlagThreshold 0
+# Stable for every relay. Otherwise Stable asks for at least the median uptime, and
+# the relays, started a moment after the authorities, often never get it. With only
+# the 3 authorities Stable, an onion service with a port in tor's LongLivedPorts
+# (5222) often cannot build a rendezvous circuit: its two middle hops (a layer-2
+# vanguard and one more) must be Stable and differ from its guard and from the
+# client's rendezvous point. tor then gives up on that introduction ("Giving up on
+# launching a rendezvous circuit") and the client waits on its rendezvous circuit
+# until its SOCKS request times out.
+AuthDirVoteStableGuaranteeMinUptime 0
+AuthDirVoteStableGuaranteeMTBF 0
 """
 
 _EXIT = """\
@@ -229,8 +239,8 @@ def _authority_keys(name: str, node_dir: Path, dir_port: int) -> tuple[str, str]
     return found.group(1), relay
 
 
-def _dir_counts(dir_port: int) -> tuple[int, int, int]:
-    """(Running, HSDir, descriptors) as one node's DirPort serves them now."""
+def _dir_counts(dir_port: int) -> tuple[int, int, int, int]:
+    """(Running, HSDir, Stable, descriptors) as one node's DirPort serves them now."""
     base = f"http://127.0.0.1:{dir_port}/tor"
     texts = []
     for path in ("/status-vote/current/consensus", "/server/all"):
@@ -242,8 +252,9 @@ def _dir_counts(dir_port: int) -> tuple[int, int, int]:
     flags = [line for line in texts[0].splitlines() if line.startswith("s ")]
     running = sum(" Running" in line for line in flags)
     hsdir = sum(" HSDir" in line for line in flags)
+    stable = sum(" Stable" in line for line in flags)
     descriptors = sum(line.startswith("router ") for line in texts[1].splitlines())
-    return running, hsdir, descriptors
+    return running, hsdir, stable, descriptors
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -303,8 +314,8 @@ GeoIPv6File {root}/empty-geoip
             nodes[name] = Peer(name, _tor(torrcs[name]), root / name / "stdout.log",
                                cwd=root)
         # The client starts only once every node serves a consensus listing everyone
-        # (and all descriptors): with the first, partial consensus it would wait for
-        # the next one for 10 s or more.
+        # as Running, HSDir and Stable (and all descriptors): with the first, partial
+        # consensus it would wait for the next one for 10 s or more.
         want = len(names)
 
         def complete() -> bool:

@@ -104,8 +104,11 @@ class CoalescingEPollReactor(EPollReactor):
                 # A listening socket may be open in other processes too (workers,
                 # systemd): closing it here would leave epoll watching it, so it
                 # leaves epoll now, before anyone closes it.
+                # What the kernel watches under this number may still be a socket
+                # given up and closed this turn (epoll forgot it): not this one.
                 self._changed.discard(fd)
-                if self._kernel.pop(fd, 0):
+                left = self._gone.get(fd)
+                if self._kernel.pop(fd, 0) and (left is None or not _closed(left)):
                     self._poller.unregister(fd)
                 return
             self._gone.setdefault(fd, xer)

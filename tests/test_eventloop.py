@@ -30,6 +30,15 @@ from zope.interface.verify import verifyObject
 
 from gatekeep.eventloop import CoalescingEPollReactor, before_wait, coalesce
 
+# How this run was started (tests/conftest.py makes the run's reactor gatekeep's loop).
+_SUITE_ON_TWISTED = os.environ.get("GATEKEEP_EVENTLOOP", "") == "twisted"
+
+
+@pytest.fixture(autouse=True)
+def gatekeeps_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about gatekeep's event loop, also when the suite runs on Twisted's."""
+    monkeypatch.delenv("GATEKEEP_EVENTLOOP", raising=False)
+
 
 class CountingPoller:
     """The reactor's epoll object, counting the ``epoll_ctl`` calls made through it."""
@@ -106,6 +115,14 @@ def test_it_is_a_reactor_and_keeps_what_was_registered() -> None:
     assert verifyObject(IReactorFDSet, reactor)
     assert set(reactor.getReaders()) == before  # the waker, still watched
     assert coalesce(reactor)  # already done: nothing more to do
+
+
+def test_the_test_run_is_on_gatekeeps_loop_unless_told_otherwise() -> None:
+    from twisted.internet import reactor
+
+    expected = EPollReactor if _SUITE_ON_TWISTED else CoalescingEPollReactor
+    running: Any = reactor
+    assert type(running) is expected
 
 
 def test_only_twisteds_epoll_reactor_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,6 +278,39 @@ def test_a_reused_descriptor_number_is_registered_afresh() -> None:
     reactor.removeReader(second)
     for sock in (b, d, reused):
         sock.close()
+
+
+def test_a_listening_socket_on_a_number_closed_this_turn_leaves_without_error() -> None:
+    # A connect attempt fails and closes its socket; in the same turn a listening
+    # socket gets the freed number and stops again (a test's cleanup, a reload):
+    # the kernel never watched the listening socket, and forgot the closed one.
+    reactor, counting = coalescing()
+    a, b = pair()
+    first = Reader(a)
+    reactor.addWriter(first)
+    reactor.iterate(0)
+    number = a.fileno()
+    reactor.removeWriter(first)
+    a.close()
+    listening = socket.socket()
+    if listening.fileno() != number:  # the next socket gets the same number
+        os.dup2(listening.fileno(), number)
+        listening.close()
+        listening = socket.socket(fileno=number)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = SharedPort(listening)
+    reactor.addReader(port)
+    reactor.removeReader(port)  # raised FileNotFoundError (ENOENT) from epoll_ctl
+    reactor.iterate(0)
+    assert counting.calls == [("register", number)]
+    # The number is free for the next one, which is watched as usual.
+    reactor.addReader(port)
+    reactor.iterate(0)
+    reactor.removeReader(port)
+    assert counting.calls[1:] == [("register", number), ("unregister", number)]
+    listening.close()
+    b.close()
 
 
 def test_a_regular_file_is_polled_continuously_as_twisted_does() -> None:

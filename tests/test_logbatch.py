@@ -8,11 +8,18 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
 
 from gatekeep.eventloop import coalesce
 from gatekeep.logbatch import PIPE_BUF, LineBatch
+
+
+@pytest.fixture(autouse=True)
+def gatekeeps_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about gatekeep's event loop, also when the suite runs on Twisted's."""
+    monkeypatch.delenv("GATEKEEP_EVENTLOOP", raising=False)
 
 
 def batch_on_loop() -> tuple[Any, LineBatch, list[str]]:

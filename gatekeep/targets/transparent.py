@@ -10,7 +10,8 @@ client: see docs/recipes/transparent.md.
 
 Twisted's TCP endpoints cannot set a socket option before ``bind``, so this
 endpoint makes the non-blocking connect itself, watches for writability on the
-reactor, and hands the connected socket to ``IReactorSocket.adoptStreamConnection``.
+reactor, and makes the connected socket a Twisted TCP transport (as
+``IReactorSocket.adoptStreamConnection`` would, but without duplicating it).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import socket
 from typing import Any, Final
 
 import attrs
-from twisted.internet import defer, error
+from twisted.internet import defer, error, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -122,18 +123,6 @@ class TransparentEndpoint:
         return attempt.deferred
 
 
-class _Capture(Factory):
-    """Keeps the protocol ``adoptStreamConnection`` builds, to fire the Deferred with it."""
-
-    def __init__(self, factory: IProtocolFactory) -> None:
-        self.factory = factory
-        self.protocol: Any = None
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self.protocol = self.factory.buildProtocol(addr)
-        return self.protocol
-
-
 class _Attempt:
     """One non-blocking connect, watched by the reactor until it completes."""
 
@@ -156,21 +145,36 @@ class _Attempt:
         if sock is None:
             return
         self.reactor.removeWriter(self)
-        self.sock = None
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
+            self.sock = None
             sock.close()
             self.deferred.errback(Failure(error.getConnectError((code, os.strerror(code)))))
             return
-        capture = _Capture(self.factory)
         try:
-            self.reactor.adoptStreamConnection(sock.fileno(), self.family, capture)
-        finally:
-            sock.close()  # the reactor has its own duplicate of the descriptor
-        if capture.protocol is None:
+            peer = sock.getpeername()
+        except OSError as failure:  # reset already: the peer is gone
+            self.sock = None
+            sock.close()
+            self.deferred.errback(Failure(error.getConnectError(failure)))
+            return
+        kind = IPv4Address if self.family == socket.AF_INET else IPv6Address
+        protocol = self.factory.buildProtocol(kind("TCP", *peer))
+        if protocol is None:
+            self.sock = None
+            sock.close()
             self.deferred.errback(Failure(error.ConnectError(string="the factory refused")))
-        else:
-            self.deferred.callback(capture.protocol)
+            return
+        # The connection takes this socket itself, as it is (what adoptStreamConnection
+        # would make, but from a duplicate: on gatekeep's event loop, this socket's
+        # number, closed with epoll still watching it for the duplicate, would stay
+        # registered and report the connection writable on every turn).
+        transport = tcp.Server(sock, protocol, peer, None, peer[1],  # type: ignore[arg-type]
+                               self.reactor)  # no listening port, as adopted ones
+        transport.repstr = f"<{type(protocol).__name__} #{peer[1]} on {sock.getsockname()[1]}>"
+        self.sock = None  # only now: the event loop saw the socket change hands
+        protocol.makeConnection(transport)
+        self.deferred.callback(protocol)
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor reports a failed connect (EPOLLERR/HUP) here, not to doWrite.

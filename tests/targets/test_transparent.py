@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Any
 
 import pytest
 from twisted.internet import defer, error, protocol
 from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gatekeep.eventloop import coalesce
 from gatekeep.targets.forward import ForwardTarget
-from gatekeep.targets.transparent import TransparentEndpoint, parse_tcp_destination
+from gatekeep.targets.transparent import (
+    TransparentEndpoint,
+    _Attempt,
+    parse_tcp_destination,
+)
 
 
 @pytest.mark.parametrize("description, expected", [
@@ -134,3 +141,41 @@ class LoopbackTests(TestCase):
         attempt = pending.connect(protocol.Factory.forProtocol(Collect))
         attempt.cancel()
         yield self.assertFailure(attempt, error.ConnectingCancelledError)
+
+
+def test_the_connection_takes_the_attempts_socket_and_epoll_forgets_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # On gatekeep's event loop (its own reactor, driven by iterate): the watched
+    # socket becomes the connection's, as it is. A duplicate (adoptStreamConnection's)
+    # left epoll watching the closed attempt's number for the duplicate, reporting
+    # it writable on every turn for as long as the connection lived.
+    monkeypatch.delenv("GATEKEEP_EVENTLOOP", raising=False)
+    reactor: Any = EPollReactor()
+    assert coalesce(reactor)
+    listening = socket.create_server(("127.0.0.1", 0))
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex(listening.getsockname())
+    number = sock.fileno()
+    attempt = _Attempt(reactor, sock, socket.AF_INET, protocol.Factory.forProtocol(Collect))
+    reactor.addWriter(attempt)
+    for _ in range(100):
+        if attempt.deferred.called:
+            break
+        reactor.iterate(0.1)
+    client: Any = attempt.deferred.result
+    assert isinstance(client, Collect)
+    reactor.iterate(0)  # the turn's changes reach the kernel
+    assert reactor._poller.poll(0) == []  # nothing to read, nothing stray
+    transport: Any = client.transport
+    assert transport.fileno() == number
+    assert transport.getPeer() == IPv4Address("TCP", *listening.getsockname())
+    server, _ = listening.accept()
+    server.sendall(b"hello")
+    server.close()
+    for _ in range(100):
+        if client.done.called:
+            break
+        reactor.iterate(0.1)
+    assert client.done.result == b"hello"
+    listening.close()

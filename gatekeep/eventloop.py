@@ -47,6 +47,7 @@ from gatekeep.streamerror import stream_error
 __all__ = ["CoalescingEPollReactor", "before_wait", "coalesce"]
 
 log = Logger()
+_MAIN_LOOP_ERRORS = log.failureHandler("Unexpected error in main loop")
 
 
 # Reading is watched with EPOLLRDHUP: the event then says whether the peer's FIN has
@@ -271,6 +272,36 @@ class CoalescingEPollReactor(EPollReactor):
         self.last_event = 0
 
     doIteration = doPoll
+
+    # A relay turns the loop twice per round trip: what Twisted's main loop does every
+    # turn is kept short. Its error handler is entered once, not per turn (an error
+    # is logged, and the loop goes on, as Twisted's); the timed calls are asked about
+    # without their bookkeeping while nothing new was scheduled and nothing is due.
+
+    def mainLoop(self) -> None:
+        while self._started:
+            with _MAIN_LOOP_ERRORS:
+                while self._started:
+                    self.runUntilCurrent()
+                    timeout = self.timeout()
+                    self.doIteration(self.running and timeout)
+        log.info("Main loop terminated.")
+
+    def timeout(self) -> float | None:
+        if self._newTimedCalls:
+            return super().timeout()
+        pending = self._pendingTimedCalls
+        if not pending:
+            return None
+        # (Twisted's bounds: not in the past, and what epoll_wait's int of ms holds)
+        return max(0.0, min(2147483.0, pending[0].time - self.seconds()))
+
+    def runUntilCurrent(self) -> None:
+        pending = self._pendingTimedCalls
+        if (not self.threadCallQueue and not self._newTimedCalls
+                and (not pending or pending[0].time > self.seconds())):
+            return
+        super().runUntilCurrent()
 
 
 _LISTENING: dict[type, bool] = {}

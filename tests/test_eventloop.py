@@ -633,3 +633,59 @@ def test_a_protocol_on_a_tcp_transport_hears_a_racing_reset_as_a_reset() -> None
     assert [reason.type for reason in ending.reasons] == [error.ConnectionLost]
     port.stopListening()
     reactor.iterate(0)
+
+
+def test_timed_and_thread_calls_run_as_on_twisteds_loop() -> None:
+    import threading
+
+    reactor, _ = coalescing()
+    assert reactor.timeout() is None  # nothing scheduled: wait for events only
+    ran: list[str] = []
+    reactor.callLater(0, ran.append, "now")
+    later = reactor.callLater(0.05, ran.append, "later")
+    cancelled = reactor.callLater(0, ran.append, "cancelled")
+    cancelled.cancel()
+    delayed = reactor.callLater(0.01, ran.append, "delayed")
+    delayed.delay(0.1)
+    reactor.iterate(0)
+    assert ran == ["now"]
+    timeout = reactor.timeout()
+    assert timeout is not None and 0 < timeout <= 0.05
+    threading.Thread(target=reactor.callFromThread, args=(ran.append, "thread")).start()
+    deadline = reactor.seconds() + 5
+    while len(ran) < 4 and reactor.seconds() < deadline:
+        reactor.iterate(0.01)
+    assert sorted(ran) == ["delayed", "later", "now", "thread"]
+    assert ran.index("later") < ran.index("delayed")  # delayed by 0.1 s: after "later"
+    assert not later.active() and not delayed.active()
+    assert reactor.timeout() is None
+
+
+def test_an_error_in_a_turn_is_logged_and_the_loop_goes_on() -> None:
+    from tests.helpers import captured_log
+
+    reactor, _ = coalescing()
+    class Failing:
+        """The kernel's epoll object, failing its next wait once."""
+
+        def __init__(self, poller: Any) -> None:
+            self.poller, self.failed = poller, False
+
+        def poll(self, timeout: float = -1, most: int = -1) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a wait that failed")
+            return self.poller.poll(timeout, most)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.poller, name)
+
+    reactor._poller = Failing(reactor._poller)
+    ran: list[int] = []
+    reactor.callLater(0.01, ran.append, 1)
+    reactor.callLater(0.02, reactor.stop)
+    with captured_log() as events:
+        reactor.run(installSignalHandlers=False)
+    failures = [event["log_failure"] for event in events if "log_failure" in event]
+    assert [f.getErrorMessage() for f in failures] == ["a wait that failed"]
+    assert ran == [1]  # the loop went on after the error

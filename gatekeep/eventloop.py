@@ -11,7 +11,11 @@ descriptor's final interest, once, just before it waits for events: a descriptor
 added and given up again within one turn costs no call at all, nor does a closed
 connection (epoll forgets a socket when it is closed). A listening socket still
 leaves epoll at once, because epoll forgets a closed socket only when no other
-process holds it open, and workers share their listening sockets.
+process holds it open, and workers share their listening sockets. The same holds
+within this process: code that gives a watched socket to another object gives the
+socket itself, never a duplicate (``os.dup``, ``adoptStreamConnection``), or the
+closed original's number stays registered for the duplicate (see
+gatekeep.targets.transparent).
 
 Each event is also dispatched without Twisted's per-event logging context (four
 Python calls around every read and write); what that context added was the

@@ -58,6 +58,21 @@ class Subject:
     idle_max: int = 10000
 
 
+def _spawn(name: str, argv: list[str], port: int, output: Path,
+           log: Path | None = None) -> Instance:
+    """Start a proxy with the open-file limit raised; return it once it listens on ``port``."""
+    with output.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
+    log = log or output
+    try:
+        wait_listening(port, process, 15, log)
+    except StartError:
+        process.kill()
+        raise
+    return Instance(name, port, process, log, [output] if output != log else [])
+
+
 # --- direct ----------------------------------------------------------------------------
 
 
@@ -211,17 +226,8 @@ def _haproxy_starter(name: str, options: str, threads: int = 1,
         config.write_text(HAPROXY_CONFIG.format(
             port=port, backend_port=backend_port, tls_port=tls_port, options=options,
             threads=threads, maxconn=max(4000, (nofile_limit() - 200) // 2)))
-        log = fresh_path(workdir, name, ".log")
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                ["haproxy", "-db", "-f", str(config)], stdout=sink, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
-        try:
-            wait_listening(port, process, 15, log)
-        except StartError:
-            process.kill()
-            raise
-        return Instance(name, port, process, log)
+        return _spawn(name, ["haproxy", "-db", "-f", str(config)], port,
+                      fresh_path(workdir, name, ".log"))
 
     return start
 
@@ -275,17 +281,8 @@ def _nginx_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
     config.write_text(NGINX_STREAM_CONFIG.format(
         module=NGINX_STREAM_MODULE, workdir=workdir, port=port, backend_port=backend_port,
         tls_port=tls_port, log=log, nofile=nofile_limit()))
-    with out.open("wb") as sink:
-        process = subprocess.Popen(
-            ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(log)],
-            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=raise_nofile)
-    try:
-        wait_listening(port, process, 15, log)
-    except StartError:
-        process.kill()
-        raise
-    return Instance("nginx", port, process, log, [out])
+    return _spawn("nginx", ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(log)],
+                  port, out, log)
 
 
 # --- sslh ------------------------------------------------------------------------------
@@ -326,18 +323,8 @@ def _sslh_starter(flavour: str) -> Callable[[Path, int, int], Instance]:
         config = workdir / f"{name}.cfg"
         config.write_text(SSLH_CONFIG.format(
             port=port, backend_port=backend_port, tls_port=tls_port))
-        log = fresh_path(workdir, name, ".log")
-        with log.open("wb") as sink:
-            # -F takes the file name with no space.
-            process = subprocess.Popen([binary, f"-F{config}"], stdout=sink,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       preexec_fn=raise_nofile)
-        try:
-            wait_listening(port, process, 15, log)
-        except StartError:
-            process.kill()
-            raise
-        return Instance(name, port, process, log)
+        # -F takes the file name with no space.
+        return _spawn(name, [binary, f"-F{config}"], port, fresh_path(workdir, name, ".log"))
 
     return start
 
@@ -362,18 +349,9 @@ def _sslh_available(flavour: str) -> Callable[[], str | None]:
 
 def _pyfloor_start(workdir: Path, backend_port: int, tls_port: int) -> Instance:
     port = free_port()
-    log = fresh_path(workdir, "python-floor", ".log")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("pyfloor.py")), str(port),
-             str(backend_port), str(tls_port)], stdout=sink, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
-    try:
-        wait_listening(port, process, 15, log)
-    except StartError:
-        process.kill()
-        raise
-    return Instance("python-floor", port, process, log)
+    return _spawn("python-floor", [sys.executable, str(Path(__file__).with_name("pyfloor.py")),
+                                   str(port), str(backend_port), str(tls_port)],
+                  port, fresh_path(workdir, "python-floor", ".log"))
 
 
 SUBJECTS: dict[str, Subject] = {s.name: s for s in [

@@ -116,7 +116,7 @@ def outcome_of(record: ConnectionRecord) -> str:
     """
     One word for how a connection ended: ``ok``, ``no_route``, ``abandoned``,
     ``rejected``, ``responded``, ``backend_error``, ``refused``, ``timeout``
-    (``idle_timeout`` or ``max_lifetime``), ``error``.
+    (``idle_timeout``, ``max_lifetime``, or a stop's ``drain_timeout``), ``error``.
     """
     reason = record.close_reason or ""
     known = _OUTCOME_MEMO.get(reason)
@@ -134,7 +134,7 @@ def _outcome(reason: str) -> str:
     if reason.startswith(("refused", "PROXY header", "no PROXY header",
                           "incomplete PROXY header", "malformed PROXY header")):
         return "refused"
-    if reason.startswith(("idle_timeout", "max_lifetime")):
+    if reason.startswith(("idle_timeout", "max_lifetime", "drain_timeout")):
         return "timeout"
     if reason.startswith("no route"):
         return "no_route"

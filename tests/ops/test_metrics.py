@@ -165,6 +165,8 @@ class FunctionsTests(SynchronousTestCase):
         self.assertEqual(outcome("backend unreachable: Connection refused"), "backend_error")
         self.assertEqual(outcome("backend connect timeout"), "backend_error")
         self.assertEqual(outcome("rejected"), "rejected")
+        self.assertEqual(outcome("idle_timeout (5m) passed"), "timeout")
+        self.assertEqual(outcome("drain_timeout (30s) passed"), "timeout")  # a stop's
 
     def test_api_for_other_features(self) -> None:
         refusals = Delta("gatekeep_refusals_total", listener="m-api", reason="access")

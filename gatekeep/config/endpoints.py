@@ -51,7 +51,6 @@ Bound = tuple[Any, ...]
 _LOOKED_INTO = ("tcp", "tcp6", "ssl", "unix")
 
 
-
 def bound_address(description: str) -> Bound | None:
     """
     What listening on ``description`` would bind, found by listening with Twisted's

@@ -278,11 +278,7 @@ class HTTP1Connection(Protocol):
                 self._chunked = True
             else:
                 close = True  # HTTP/1.0: the body ends where the connection does
-        if close:
-            fields.append((b"Connection", b"close"))
-        elif head.version == b"1.0":
-            fields.append(_KEEP_ALIVE)  # or an HTTP/1.0 client closes after this response
-        self._close_after = close
+        self._say_persistence(head, fields, close)
         data = response_head(status, reason, fields)
         if body and length != 0:
             # Held until the body's first bytes (or :meth:`flush`): one write, one packet.
@@ -304,12 +300,17 @@ class HTTP1Connection(Protocol):
         close = not head.keep_alive or self._client_eof
         if length is not None:
             fields.append((b"Content-Length", b"%d" % length))
+        self._say_persistence(head, fields, close)
+        self._write(response_head(status, reason, fields) + data)
+
+    def _say_persistence(self, head: RequestHead, fields: list[tuple[bytes, bytes]],
+                         close: bool) -> None:
+        """The response's ``Connection`` field, and whether the connection ends after it."""
         if close:
             fields.append((b"Connection", b"close"))
         elif head.version == b"1.0":
-            fields.append(_KEEP_ALIVE)
+            fields.append(_KEEP_ALIVE)  # or an HTTP/1.0 client closes after this response
         self._close_after = close
-        self._write(response_head(status, reason, fields) + data)
 
     def flush(self) -> None:
         """Write a held response head now (its body is not here yet)."""

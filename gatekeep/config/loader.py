@@ -117,6 +117,8 @@ class _Loader:
     nesting: list[tuple[str, str, Any]] = attrs.field(factory=list)
     sites: dict[str, HTTPSite] = attrs.field(factory=dict)
     used_sites: set[str] = attrs.field(factory=set)
+    #: What each listener's endpoint binds (cross_check finds them; the admin check too).
+    bound: list[Bound] = attrs.field(factory=list)
 
     def error(self, path: str, message: str, fix: str = "") -> None:
         self.errors.append(ConfigError(path, message, fix))
@@ -146,9 +148,7 @@ class _Loader:
                 continue  # already reported as an error where it is used
             self.warnings.append(str(problem))
         admin_bound = bound_address(admin.endpoint) if admin is not None else None
-        if admin_bound is not None and any(
-                clashes(admin_bound, bound) for listener in listeners
-                if listener.endpoint and (bound := bound_address(listener.endpoint))):
+        if admin_bound is not None and any(clashes(admin_bound, b) for b in self.bound):
             self.error("admin.endpoint", "endpoint also used by a [[listener]]",
                        "give the admin listener its own address")
         if self.errors:
@@ -557,6 +557,8 @@ class _Loader:
                 self.error(key_path(path, "name"), f"duplicate listener name '{listener.name}'")
             names.add(listener.name)
             for key, value in _exclusive(listener):
+                if key == "endpoint":
+                    self.bound.append(value)
                 holder = next((name for other, name in taken if clashes(value, other)), None)
                 if holder is not None:
                     self.error(key_path(key_path(path, key.partition(".")[0]),

@@ -108,3 +108,17 @@ def test_the_loader_reports_what_cannot_both_listen(registry: Registry) -> None:
         assert problem.startswith(
             "listener[1].endpoint: endpoint also used by listener 'one'"), problem
         assert "port 0" in problem  # the fix
+
+
+def test_the_admin_listener_may_not_take_a_listeners_address(registry: Registry) -> None:
+    def admin_errors(one: str, two: str, admin: str) -> list[str]:
+        text = f'[admin]\nendpoint = "{admin}"\n\n' + LISTENERS.format(one=one, two=two)
+        try:
+            load_config(text, registry)
+        except ConfigErrors as problems:
+            return [str(problem) for problem in problems.errors]
+        return []
+
+    assert admin_errors("tcp:0", "tcp:8443", "tcp:9100:interface=127.0.0.1") == []
+    (problem,) = admin_errors("tcp:0", "tcp:9100", "tcp:9100:interface=127.0.0.1")
+    assert problem.startswith("admin.endpoint: endpoint also used by a [[listener]]"), problem

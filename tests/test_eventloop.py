@@ -254,6 +254,15 @@ def test_a_listening_socket_leaves_epoll_at_once_as_others_may_share_it() -> Non
     b.close()
 
 
+def on_number(sock: socket.socket, number: int) -> socket.socket:
+    """``sock`` under the descriptor number ``number`` (what the kernel usually does)."""
+    if sock.fileno() == number:
+        return sock
+    os.dup2(sock.fileno(), number)
+    sock.close()
+    return socket.socket(fileno=number)
+
+
 def test_a_reused_descriptor_number_is_registered_afresh() -> None:
     reactor, _ = coalescing()
     a, b = pair()
@@ -264,11 +273,7 @@ def test_a_reused_descriptor_number_is_registered_afresh() -> None:
     reactor.removeReader(first)
     a.close()
     c, d = pair()
-    if c.fileno() != number:  # the next socket gets the same number
-        os.dup2(c.fileno(), number)
-        c.close()
-        c = socket.socket(fileno=number)
-    reused = c
+    reused = on_number(c, number)
     second = Reader(reused)
     reactor.addReader(second)
     d.send(b"to the new socket")
@@ -292,11 +297,7 @@ def test_a_listening_socket_on_a_number_closed_this_turn_leaves_without_error() 
     number = a.fileno()
     reactor.removeWriter(first)
     a.close()
-    listening = socket.socket()
-    if listening.fileno() != number:  # the next socket gets the same number
-        os.dup2(listening.fileno(), number)
-        listening.close()
-        listening = socket.socket(fileno=number)
+    listening = on_number(socket.socket(), number)
     listening.bind(("127.0.0.1", 0))
     listening.listen()
     port = SharedPort(listening)
